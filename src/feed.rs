@@ -1,0 +1,444 @@
+//! One shard's feed store: the users this shard owns, their progress, and the
+//! fallback pool that tops pages up.
+//!
+//! Everything here is plain `&mut self` data: no locks, no atomics, no I/O,
+//! and no idea that other shards exist. The shard that owns a user is the only
+//! caller that ever builds that user's pages (see `shard.rs`), which is what
+//! makes "progress advances atomically" true without synchronisation.
+
+use ahash::{AHashMap, RandomState};
+
+/// Seeds for the user index. Fixed so that a store's layout (and therefore its
+/// performance) does not vary from run to run; deliberately different from the
+/// seeds of `shard::owner_of`, or every key in a shard's map would share the
+/// same low hash bits and cluster in the table.
+const INDEX_SEEDS: [u64; 4] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+];
+
+/// Why a page could not be served at all. Everything else is a full or short
+/// page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageError {
+    /// The user's personalized items are used up (or the user is unknown) and
+    /// the fallback pool has nothing to add.
+    NothingToServe,
+}
+
+/// What one call to [`Store::next_page`] put on the page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageStats {
+    pub personalized: u32,
+    pub fallback: u32,
+    /// The user id is not in this store.
+    pub unknown_user: bool,
+    /// This call served the user's last personalized item.
+    pub exhausted_now: bool,
+}
+
+/// Running totals of one store, read by metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    pub pages: u64,
+    pub personalized_items: u64,
+    pub fallback_items: u64,
+    pub unknown_users: u64,
+    pub exhausted_users: u64,
+    pub nothing_to_serve: u64,
+}
+
+/// The fallback pool: distinct popular items, served in rotation.
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    items: Vec<u32>,
+    /// item -> position in `items`, to mark in O(1) which pool entries are
+    /// already on a page.
+    position: AHashMap<u32, u32>,
+}
+
+impl Pool {
+    /// Builds a pool from items in preference order; repeats are dropped
+    /// (first occurrence wins).
+    pub fn new(items: impl IntoIterator<Item = u32>) -> Pool {
+        let mut pool = Pool::default();
+        for item in items {
+            let next = pool.items.len() as u32;
+            if let std::collections::hash_map::Entry::Vacant(slot) = pool.position.entry(item) {
+                slot.insert(next);
+                pool.items.push(item);
+            }
+        }
+        pool
+    }
+
+    pub fn items(&self) -> &[u32] {
+        &self.items
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Accumulates users for a [`Store`]. Items of all users go into one buffer.
+#[derive(Debug, Default)]
+pub struct StoreBuilder {
+    items: Vec<u32>,
+    /// `offsets[slot]..offsets[slot + 1]` are a user's items in `items`.
+    offsets: Vec<u64>,
+    index: AHashMap<u32, u32>,
+}
+
+/// A user id was added twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateUser(pub u32);
+
+impl StoreBuilder {
+    /// Reserves room for `users` users holding `items` items in total, so that
+    /// loading never reallocates (and never holds two copies of the items).
+    pub fn with_capacity(users: usize, items: usize) -> StoreBuilder {
+        let mut offsets = Vec::with_capacity(users + 1);
+        offsets.push(0);
+        let mut index = AHashMap::with_hasher(index_hasher());
+        index.reserve(users);
+        StoreBuilder {
+            items: Vec::with_capacity(items),
+            offsets,
+            index,
+        }
+    }
+
+    /// Adds a user with their items in feed order.
+    pub fn push_user(
+        &mut self,
+        user: u32,
+        items: impl IntoIterator<Item = u32>,
+    ) -> Result<(), DuplicateUser> {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let slot = (self.offsets.len() - 1) as u32;
+        match self.index.entry(user) {
+            std::collections::hash_map::Entry::Occupied(_) => return Err(DuplicateUser(user)),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+        }
+        self.items.extend(items);
+        self.offsets.push(self.items.len() as u64);
+        Ok(())
+    }
+
+    pub fn users(&self) -> usize {
+        self.index.len()
+    }
+
+    /// All items added so far, for frequency counting.
+    pub fn items(&self) -> &[u32] {
+        &self.items
+    }
+
+    pub fn build(mut self, pool: Pool) -> Store {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let users = self.offsets.len() - 1;
+        Store {
+            items: self.items,
+            offsets: self.offsets,
+            progress: vec![0; users],
+            index: self.index,
+            pool,
+            pool_cursor: 0,
+            on_page: Vec::new(),
+            counters: StoreCounters::default(),
+        }
+    }
+}
+
+fn index_hasher() -> RandomState {
+    RandomState::with_seeds(
+        INDEX_SEEDS[0],
+        INDEX_SEEDS[1],
+        INDEX_SEEDS[2],
+        INDEX_SEEDS[3],
+    )
+}
+
+/// One shard's users and their progress.
+///
+/// Invariant: `progress[slot] <= offsets[slot + 1] - offsets[slot]`, and only
+/// [`Store::next_page`] changes it, so only the owning shard does.
+#[derive(Debug)]
+pub struct Store {
+    items: Vec<u32>,
+    offsets: Vec<u64>,
+    /// Items already served per user. `u32`: a feed is at most 2^32 items.
+    progress: Vec<u32>,
+    index: AHashMap<u32, u32>,
+    pool: Pool,
+    /// Where the next top-up starts in the pool, so that successive pages
+    /// rotate through it instead of always showing the same first items.
+    pool_cursor: usize,
+    /// Scratch bitset over pool positions: "already on this page". Kept to
+    /// avoid an allocation per page.
+    on_page: Vec<u64>,
+    counters: StoreCounters,
+}
+
+impl Store {
+    pub fn users(&self) -> usize {
+        self.progress.len()
+    }
+
+    pub fn item_count(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        self.counters
+    }
+
+    /// Bytes of memory held by the store's buffers (approximate for the map).
+    pub fn heap_bytes(&self) -> usize {
+        self.items.capacity() * 4
+            + self.offsets.capacity() * 8
+            + self.progress.capacity() * 4
+            + self.index.capacity() * 9
+    }
+
+    /// The user's remaining personalized items, without serving them.
+    pub fn remaining(&self, user: u32) -> Option<&[u32]> {
+        let slot = *self.index.get(&user)? as usize;
+        let start = self.offsets[slot] as usize + self.progress[slot] as usize;
+        Some(&self.items[start..self.offsets[slot + 1] as usize])
+    }
+
+    /// Serves the user's next page of up to `size` items into `page` (cleared
+    /// first): the next unseen personalized items in feed order, then distinct
+    /// pool items not already on the page. Advances the user's progress.
+    pub fn next_page(
+        &mut self,
+        user: u32,
+        size: usize,
+        page: &mut Vec<u32>,
+    ) -> Result<PageStats, PageError> {
+        page.clear();
+        let mut stats = PageStats::default();
+        match self.index.get(&user) {
+            Some(&slot) => {
+                let slot = slot as usize;
+                let end = self.offsets[slot + 1] as usize;
+                let start = self.offsets[slot] as usize + self.progress[slot] as usize;
+                let take = size.min(end - start);
+                if take > 0 {
+                    page.extend_from_slice(&self.items[start..start + take]);
+                    self.progress[slot] += take as u32;
+                    stats.personalized = take as u32;
+                    stats.exhausted_now = start + take == end;
+                }
+            }
+            None => stats.unknown_user = true,
+        }
+        if page.len() < size {
+            stats.fallback = self.top_up(page, size) as u32;
+        }
+
+        let c = &mut self.counters;
+        c.unknown_users += stats.unknown_user as u64;
+        c.exhausted_users += stats.exhausted_now as u64;
+        if page.is_empty() {
+            c.nothing_to_serve += 1;
+            return Err(PageError::NothingToServe);
+        }
+        c.pages += 1;
+        c.personalized_items += stats.personalized as u64;
+        c.fallback_items += stats.fallback as u64;
+        Ok(stats)
+    }
+
+    /// Fills `page` up to `size` from the pool, skipping items already on it.
+    /// Returns how many items were added.
+    fn top_up(&mut self, page: &mut Vec<u32>, size: usize) -> usize {
+        let n = self.pool.items.len();
+        if n == 0 {
+            return 0;
+        }
+        let words = n.div_ceil(64);
+        self.on_page.clear();
+        self.on_page.resize(words, 0);
+        for item in page.iter() {
+            if let Some(&pos) = self.pool.position.get(item) {
+                self.on_page[pos as usize / 64] |= 1 << (pos % 64);
+            }
+        }
+        let before = page.len();
+        let mut pos = self.pool_cursor;
+        for _ in 0..n {
+            if page.len() == size {
+                break;
+            }
+            if self.on_page[pos / 64] & (1 << (pos % 64)) == 0 {
+                page.push(self.pool.items[pos]);
+            }
+            pos += 1;
+            if pos == n {
+                pos = 0;
+            }
+        }
+        self.pool_cursor = pos;
+        page.len() - before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(users: &[(u32, &[u32])], pool: &[u32]) -> Store {
+        let mut b = StoreBuilder::with_capacity(users.len(), 0);
+        for (user, items) in users {
+            b.push_user(*user, items.iter().copied()).unwrap();
+        }
+        b.build(Pool::new(pool.iter().copied()))
+    }
+
+    #[test]
+    fn serves_personalized_items_in_order_then_advances() {
+        let mut s = store(&[(7, &[1, 2, 3, 4, 5])], &[100, 101]);
+        let mut page = Vec::new();
+        let st = s.next_page(7, 2, &mut page).unwrap();
+        assert_eq!(page, [1, 2]);
+        assert_eq!(st.personalized, 2);
+        assert!(!st.exhausted_now);
+        s.next_page(7, 2, &mut page).unwrap();
+        assert_eq!(page, [3, 4]);
+        assert_eq!(s.remaining(7).unwrap(), &[5]);
+    }
+
+    #[test]
+    fn tops_up_from_pool_without_items_already_on_page() {
+        let mut s = store(&[(1, &[10, 20, 30])], &[20, 40, 50, 60]);
+        let mut page = Vec::new();
+        let st = s.next_page(1, 5, &mut page).unwrap();
+        assert_eq!(page, [10, 20, 30, 40, 50]);
+        assert_eq!(
+            st,
+            PageStats {
+                personalized: 3,
+                fallback: 2,
+                unknown_user: false,
+                exhausted_now: true
+            }
+        );
+        assert_eq!(s.counters().exhausted_users, 1);
+        // Exhausted user: fallback only, rotation continues where it stopped.
+        s.next_page(1, 2, &mut page).unwrap();
+        assert_eq!(page, [60, 20]);
+        let st = s.next_page(1, 2, &mut page).unwrap();
+        assert_eq!(st.fallback, 2);
+        assert!(!st.exhausted_now, "exhaustion is counted once");
+        assert_eq!(s.counters().exhausted_users, 1);
+    }
+
+    #[test]
+    fn short_page_when_pool_is_small_and_error_when_empty() {
+        let mut s = store(&[(1, &[5])], &[5, 6]);
+        let mut page = Vec::new();
+        s.next_page(1, 10, &mut page).unwrap();
+        assert_eq!(page, [5, 6], "pool item 5 is already on the page");
+        let mut empty = store(&[(1, &[5])], &[]);
+        empty.next_page(1, 10, &mut page).unwrap();
+        assert_eq!(page, [5]);
+        assert_eq!(
+            empty.next_page(1, 10, &mut page),
+            Err(PageError::NothingToServe)
+        );
+        assert_eq!(empty.counters().nothing_to_serve, 1);
+    }
+
+    #[test]
+    fn unknown_user_gets_pool_items_and_is_counted() {
+        let mut s = store(&[(1, &[5])], &[8, 9, 10]);
+        let mut page = Vec::new();
+        let st = s.next_page(42, 2, &mut page).unwrap();
+        assert!(st.unknown_user);
+        assert_eq!(page, [8, 9]);
+        assert_eq!(s.counters().unknown_users, 1);
+        assert_eq!(s.remaining(42), None);
+    }
+
+    #[test]
+    fn pool_drops_repeats_and_users_are_unique() {
+        let p = Pool::new([3, 1, 3, 2, 1]);
+        assert_eq!(p.items(), &[3, 1, 2]);
+        let mut b = StoreBuilder::default();
+        b.push_user(1, [1]).unwrap();
+        assert_eq!(b.push_user(1, [2]), Err(DuplicateUser(1)));
+        let s = b.build(Pool::default());
+        assert_eq!(s.users(), 1);
+    }
+
+    #[test]
+    fn user_with_empty_feed_is_known_but_gets_fallback() {
+        let mut s = store(&[(3, &[])], &[1]);
+        let mut page = Vec::new();
+        let st = s.next_page(3, 1, &mut page).unwrap();
+        assert!(!st.unknown_user);
+        assert_eq!(page, [1]);
+    }
+
+    /// A plain model: each user's list plus a served count; the store must
+    /// hand out personalized items exactly like it, for any request sequence.
+    #[test]
+    fn matches_reference_model_over_random_requests() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let feeds: Vec<(u32, Vec<u32>)> = (0..50)
+            .map(|u| {
+                (
+                    u * 3,
+                    (0..(next() % 40) as u32).map(|i| u * 1000 + i).collect(),
+                )
+            })
+            .collect();
+        let pool: Vec<u32> = (0..20).map(|i| 1_000_000 + i).collect();
+        let mut b = StoreBuilder::default();
+        for (u, items) in &feeds {
+            b.push_user(*u, items.iter().copied()).unwrap();
+        }
+        let mut s = b.build(Pool::new(pool.clone()));
+        let mut served = vec![0usize; feeds.len()];
+        let mut page = Vec::new();
+        for _ in 0..5000 {
+            let i = (next() % feeds.len() as u64) as usize;
+            let size = 1 + (next() % 30) as usize;
+            let (user, items) = &feeds[i];
+            s.next_page(*user, size, &mut page).unwrap();
+            let want = size.min(items.len() - served[i]);
+            assert_eq!(&page[..want], &items[served[i]..served[i] + want]);
+            served[i] += want;
+            assert_eq!(page.len(), size.min(want + pool.len()), "pool tops up");
+            let mut seen = page.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), page.len(), "no duplicates on a page");
+        }
+    }
+}

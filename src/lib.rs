@@ -1,0 +1,24 @@
+//! shardfeed: a thread-per-core recommendation-feed server on glommio.
+//!
+//! # Layout
+//! - [`feed`]: one shard's store: users, items, progress, fallback pool. No I/O, no locks.
+//! - [`data`]: synthetic feeds, the feed and fallback files, item counts for the pool.
+//! - [`http`]: bytes to requests and answers to bytes (httparse, itoa). Knows no shards.
+//! - [`shard`]: ownership (`owner_of`), cross-core channels, forwarding. Knows no bytes.
+//! - [`conn`]: one client connection: read, answer in order, write.
+//! - [`server`]: start-up (bind, load, executors) and supervision.
+//! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs).
+//! - [`cli`]: the command line.
+//!
+//! Error policy: hot code returns small enums (`http::HttpError`,
+//! `feed::PageError`, `shard::Unserved`); start-up code returns a `String`
+//! that tells the operator what to change, printed once by `main`.
+
+pub mod cli;
+pub mod conn;
+pub mod data;
+pub mod feed;
+pub mod host;
+pub mod http;
+pub mod server;
+pub mod shard;

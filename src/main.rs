@@ -1,0 +1,14 @@
+use clap::Parser;
+use shardfeed::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => args.config().and_then(shardfeed::server::serve),
+        Command::Gen(args) => args.run(),
+    };
+    if let Err(message) = result {
+        eprintln!("shardfeed: error: {message}");
+        std::process::exit(1);
+    }
+}
