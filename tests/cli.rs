@@ -1,0 +1,123 @@
+//! Start-up failures: each exits non-zero with one message saying what to
+//! change, and no panic.
+
+mod common;
+
+use common::*;
+
+fn fails_with(out: std::process::Output, wanted: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(stderr.contains(wanted), "expected {wanted:?} in {stderr:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+}
+
+#[test]
+fn bad_flags() {
+    fails_with(run(&["serve", "--shards", "x"]), "invalid value 'x'");
+    fails_with(run(&["serve", "--no-such-flag"]), "--no-such-flag");
+    fails_with(
+        run(&["serve", "--listen", "nowhere"]),
+        "invalid value 'nowhere'",
+    );
+    fails_with(
+        run(&["serve", "--shards", "0"]),
+        "--shards must be at least 1",
+    );
+    fails_with(
+        run(&["serve", "--shards", "999"]),
+        "--shards 999 is more than",
+    );
+    fails_with(
+        run(&["serve", "--cpus", "9999"]),
+        "CPU 9999 in --cpus is not available",
+    );
+    fails_with(run(&["serve", "--cpus", "1-x"]), "invalid CPU list");
+    fails_with(
+        run(&["serve", "--default-size", "50", "--max-size", "20"]),
+        "--default-size must be between 1 and --max-size (20)",
+    );
+    fails_with(
+        run(&["serve", "--max-size", "0"]),
+        "--max-size must be between",
+    );
+    fails_with(
+        run(&["serve", "--feed-len", "100", "--items", "10"]),
+        "--items (10) must be at least --feed-len (100)",
+    );
+}
+
+#[test]
+fn unusable_files_name_the_file_and_line() {
+    let dir = TempDir::new("cli-files");
+    let bad = dir.file("bad.tsv", "1\t1,2,3\n2\t4,5\n3\t6,seven\n");
+    fails_with(
+        run(&["serve", "--listen", "127.0.0.1:0", "--feed", path_str(&bad)]),
+        "bad.tsv:3: item 2: `seven` is not a decimal number",
+    );
+    let dup = dir.file("dup.tsv", "1\t1\n# again\n1\t2\n");
+    fails_with(
+        run(&["serve", "--listen", "127.0.0.1:0", "--feed", path_str(&dup)]),
+        "dup.tsv:3: user 1 appears a second time",
+    );
+    fails_with(
+        run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--feed",
+            "/nonexistent/feeds.tsv",
+        ]),
+        "/nonexistent/feeds.tsv: cannot read",
+    );
+    let (feeds, _) = known_files(&dir);
+    let empty_pool = dir.file("pool.txt", "# nothing here\n");
+    fails_with(
+        run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--feed",
+            path_str(&feeds),
+            "--fallback",
+            path_str(&empty_pool),
+        ]),
+        "the fallback file holds no item ids",
+    );
+}
+
+#[test]
+fn low_locked_memory_limit_is_explained() {
+    fails_with(
+        run_in_shell(
+            "ulimit -l 256;",
+            &["serve", "--listen", "127.0.0.1:0", "--users", "10"],
+        ),
+        "raise it with `ulimit -l",
+    );
+}
+
+#[test]
+fn port_in_use_is_an_error_not_a_silent_share() {
+    let first = Server::start(&["--shards", "1", "--users", "10"]);
+    let addr = first.addr.to_string();
+    fails_with(
+        run(&["serve", "--listen", &addr, "--users", "10"]),
+        "is already in use",
+    );
+}
+
+#[test]
+fn gen_writes_a_feed_file() {
+    let out = run(&["gen", "--users", "3", "--feed-len", "4", "--items", "100"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        let (user, items) = line.split_once('\t').unwrap();
+        assert_eq!(user, (i + 1).to_string());
+        assert_eq!(items.split(',').count(), 4);
+    }
+}

@@ -1,0 +1,279 @@
+//! Test harness: start the real binary, speak raw HTTP/1.1 to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shardfeed");
+
+/// Items of test user `u`: `u*1000 .. u*1000 + len(u)`, so that any item says
+/// whose it is and where in the feed it stands.
+pub fn feed_of(user: u32) -> Vec<u32> {
+    (0..feed_len(user)).map(|i| user * 1000 + i).collect()
+}
+
+/// Users 1..=40; user u has (u % 7) * 10 items (0 to 60).
+pub fn feed_len(user: u32) -> u32 {
+    (user % 7) * 10
+}
+
+pub const USERS: u32 = 40;
+/// Fallback pool of the test server: ids far from any user's items.
+pub const POOL: [u32; 12] = [
+    900_001, 900_002, 900_003, 900_004, 900_005, 900_006, 900_007, 900_008, 900_009, 900_010,
+    900_011, 900_012,
+];
+
+/// A scratch directory for one test, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("shardfeed-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes the known feed file and pool file; returns their paths.
+pub fn known_files(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let mut feeds = String::from("# test feeds\n");
+    for u in 1..=USERS {
+        let items: Vec<String> = feed_of(u).iter().map(|i| i.to_string()).collect();
+        feeds.push_str(&format!("{u}\t{}\n", items.join(",")));
+    }
+    let pool: Vec<String> = POOL.iter().map(|i| i.to_string()).collect();
+    (
+        dir.file("feeds.tsv", &feeds),
+        dir.file("pool.txt", &pool.join("\n")),
+    )
+}
+
+/// A running server, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `shardfeed serve --listen 127.0.0.1:0 ARGS` and waits for its
+    /// `listening on` line.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start shardfeed");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!("expected `listening on ADDR`, got {line:?}");
+        };
+        Server {
+            addr: addr.parse().unwrap(),
+            child,
+        }
+    }
+
+    /// The known test data on 2 shards.
+    pub fn known(dir: &TempDir, extra: &[&str]) -> Server {
+        let (feeds, pool) = known_files(dir);
+        let mut args = vec![
+            "--shards",
+            "2",
+            "--feed",
+            feeds.to_str().unwrap(),
+            "--fallback",
+            pool.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// One GET on a new connection; returns the response.
+    pub fn get(&self, target: &str) -> Response {
+        self.connect().get(target)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as a JSON array of numbers.
+    pub fn items(&self) -> Vec<u32> {
+        assert_eq!(self.status, 200, "{self:?}");
+        let inner = self
+            .body
+            .strip_prefix('[')
+            .and_then(|b| b.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("not an array: {}", self.body));
+        if inner.is_empty() {
+            return Vec::new();
+        }
+        inner.split(',').map(|n| n.parse().unwrap()).collect()
+    }
+
+    /// The message of a JSON error body.
+    pub fn error(&self) -> String {
+        let msg = self
+            .body
+            .strip_prefix("{\"error\":\"")
+            .and_then(|b| b.strip_suffix("\"}"))
+            .unwrap_or_else(|| panic!("not an error body: {}", self.body));
+        msg.to_string()
+    }
+}
+
+/// A raw TCP client with a read buffer.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn get(&mut self, target: &str) -> Response {
+        self.send(get(target).as_bytes());
+        self.response()
+    }
+
+    /// Reads one full response (framed by Content-Length).
+    pub fn response(&mut self) -> Response {
+        loop {
+            if let Some((resp, used)) = parse_response(&self.buf) {
+                self.buf.drain(..used);
+                return resp;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).expect("read a response");
+            assert!(
+                n > 0,
+                "connection closed before a full response: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// True when the server has closed the connection (after any bytes
+    /// already buffered).
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        matches!(self.stream.read(&mut chunk), Ok(0))
+    }
+}
+
+pub fn get(target: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+    let status = status_line[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_string(), v.trim().to_string())
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("every response has Content-Length");
+    let total = end + 4 + len;
+    if buf.len() < total {
+        return None;
+    }
+    let body = String::from_utf8(buf[end + 4..total].to_vec()).unwrap();
+    Some((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        total,
+    ))
+}
+
+/// Runs `shardfeed ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Runs `shardfeed ARGS` in a shell after `prefix` (e.g. `ulimit -l 256;`).
+pub fn run_in_shell(prefix: &str, args: &[&str]) -> Output {
+    let script = format!("{prefix} exec \"$0\" \"$@\"");
+    Command::new("sh")
+        .args(["-c", &script, BIN])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
