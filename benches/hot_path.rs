@@ -1,0 +1,77 @@
+//! Micro-benchmarks of the per-request work, without the network:
+//! `cargo bench --bench hot_path`. Prints ns per operation (best of 5 runs,
+//! so that a noisy neighbour inflates the figure less). Numbers only: no
+//! thresholds.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use shardfeed::data::{self, Synthetic};
+use shardfeed::feed::Pool;
+use shardfeed::http::{self, HttpDate, Persist, SizeLimits};
+use shardfeed::shard::owner_of;
+
+const LIMITS: SizeLimits = SizeLimits {
+    default_size: 10,
+    max_size: 100,
+};
+
+/// Runs `f` `iters` times, five times over; prints and returns the best ns/op.
+fn bench(name: &str, iters: u64, mut f: impl FnMut(u64)) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for i in 0..iters {
+            f(i);
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    println!("{name:<44} {best:>10.1} ns/op");
+    best
+}
+
+fn main() {
+    let request = b"GET /feed/123456?size=10 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n";
+    bench("http::decode (wrk-like request)", 2_000_000, |_| {
+        black_box(http::decode(black_box(request), LIMITS));
+    });
+    bench("http::route", 5_000_000, |_| {
+        black_box(http::route("GET", black_box("/feed/123456?size=10"), LIMITS));
+    });
+    let date = HttpDate::now();
+    let page: Vec<u32> = (0..10).map(|i| 1_000_000 + i * 7919).collect();
+    let mut out = Vec::with_capacity(4096);
+    bench("http::encode_page (10 items)", 5_000_000, |_| {
+        out.clear();
+        http::encode_page(&mut out, &date, Persist::KeepAlive, black_box(&page));
+        black_box(&out);
+    });
+    bench("shard::owner_of", 50_000_000, |i| {
+        black_box(owner_of(black_box(i as u32), 2));
+    });
+
+    let spec = Synthetic {
+        users: 1_000_000,
+        feed_len: 200,
+        items: 10_000_000,
+        seed: 42,
+    };
+    let start = Instant::now();
+    let builder = data::synthetic_store(&spec, |_| true);
+    println!(
+        "{:<44} {:>10.2} s",
+        "synthetic_store (1M users x 200, 1 thread)",
+        start.elapsed().as_secs_f64()
+    );
+    let pool = data::top_items(&data::count_items(builder.items(), 1_000_000), 50);
+    let mut store = builder.build(Pool::new(pool));
+    let mut page = Vec::with_capacity(100);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    bench("Store::next_page (size 10, random of 1M users)", 2_000_000, |_| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let user = 1 + (rng % 1_000_000) as u32;
+        black_box(store.next_page(user, 10, &mut page).ok());
+    });
+}
