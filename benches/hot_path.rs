@@ -31,12 +31,17 @@ fn bench(name: &str, iters: u64, mut f: impl FnMut(u64)) -> f64 {
 }
 
 fn main() {
-    let request = b"GET /feed/123456?size=10 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n";
+    let request =
+        b"GET /feed/123456?size=10 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n";
     bench("http::decode (wrk-like request)", 2_000_000, |_| {
         black_box(http::decode(black_box(request), LIMITS));
     });
     bench("http::route", 5_000_000, |_| {
-        black_box(http::route("GET", black_box("/feed/123456?size=10"), LIMITS));
+        black_box(http::route(
+            "GET",
+            black_box("/feed/123456?size=10"),
+            LIMITS,
+        ));
     });
     let date = HttpDate::now();
     let page: Vec<u32> = (0..10).map(|i| 1_000_000 + i * 7919).collect();
@@ -67,11 +72,15 @@ fn main() {
     let mut store = builder.build(Pool::new(pool));
     let mut page = Vec::with_capacity(100);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
-    bench("Store::next_page (size 10, random of 1M users)", 2_000_000, |_| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let user = 1 + (rng % 1_000_000) as u32;
-        black_box(store.next_page(user, 10, &mut page).ok());
-    });
+    bench(
+        "Store::next_page (size 10, random of 1M users)",
+        2_000_000,
+        |_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let user = 1 + (rng % 1_000_000) as u32;
+            black_box(store.next_page(user, 10, &mut page).ok());
+        },
+    );
 }

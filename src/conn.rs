@@ -59,6 +59,9 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut more_ready = false;
     loop {
         if !more_ready {
+            // A full buffer always holds a decodable request (head <= 8 KiB,
+            // body <= 4 KiB), so there is always room to read into here.
+            debug_assert!(conn.filled < conn.input.len());
             match stream.read(&mut conn.input[conn.filled..]).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => conn.filled += n,

@@ -77,14 +77,6 @@ impl Pool {
     pub fn items(&self) -> &[u32] {
         &self.items
     }
-
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
 }
 
 /// Accumulates users for a [`Store`]. Items of all users go into one buffer.
@@ -202,20 +194,8 @@ impl Store {
         self.items.len()
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
     pub fn counters(&self) -> StoreCounters {
         self.counters
-    }
-
-    /// Bytes of memory held by the store's buffers (approximate for the map).
-    pub fn heap_bytes(&self) -> usize {
-        self.items.capacity() * 4
-            + self.offsets.capacity() * 8
-            + self.progress.capacity() * 4
-            + self.index.capacity() * 9
     }
 
     /// The user's remaining personalized items, without serving them.
