@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -89,6 +90,41 @@ pub struct ServeArgs {
     /// Largest page size a request may ask for (422 above).
     #[arg(long, default_value_t = 100)]
     pub max_size: u16,
+    /// Write every shard's latency histogram to FILE each --histogram-interval
+    /// (HdrHistogram interval log, V2 compressed, tag `shard-N`).
+    #[arg(long, value_name = "FILE")]
+    pub histogram_log: Option<PathBuf>,
+    /// Interval of the histogram log, e.g. `1s`, `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub histogram_interval: Duration,
+    /// Print a status line to stderr every interval (requests/s, forwarded
+    /// share, p99, exhausted users) [default: off].
+    #[arg(long, value_parser = parse_duration)]
+    pub log_interval: Option<Duration>,
+    /// On SIGINT/SIGTERM, how long to wait for open requests to finish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// `250ms`, `1s`, `2.5s`, `1m`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 1s, 2m"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit in `{s}`: use ms, s or m")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+        return Err(format!("`{s}` must be above 0 and at most a day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl ServeArgs {
@@ -117,6 +153,10 @@ impl ServeArgs {
                 default_size: self.default_size,
                 max_size: self.max_size,
             },
+            histogram_log: self.histogram_log.clone(),
+            histogram_interval: self.histogram_interval,
+            log_interval: self.log_interval,
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
@@ -148,6 +188,22 @@ impl GenArgs {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             Err(e) => Err(format!("cannot write the feed file: {e}")),
             Ok(()) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        for bad in ["", "0s", "-1s", "1h", "abc", "1 s", "nan"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -44,8 +44,15 @@ pub struct Request {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    Feed { user: u32, size: u16 },
+    Feed {
+        user: u32,
+        size: u16,
+    },
     Health,
+    /// `/stats`: JSON latency and counters of every shard.
+    Stats,
+    /// `/metrics`: Prometheus text exposition.
+    Metrics,
     Fail(HttpError),
 }
 
@@ -80,6 +87,12 @@ pub enum SizeProblem {
 }
 
 impl HttpError {
+    pub fn code(self) -> u16 {
+        self.status()[..3]
+            .parse()
+            .expect("a status starts with its code")
+    }
+
     pub fn status(self) -> &'static str {
         match self {
             HttpError::BadRequest(_) => "400 Bad Request",
@@ -269,6 +282,10 @@ pub fn route(method: &str, target: &str, limits: SizeLimits) -> Action {
     };
     let action = if path == "/healthz" {
         Action::Health
+    } else if path == "/stats" {
+        Action::Stats
+    } else if path == "/metrics" {
+        Action::Metrics
     } else if let Some(id) = path.strip_prefix("/feed/") {
         if id.contains('/') {
             return Action::Fail(HttpError::NotFound);
@@ -421,7 +438,7 @@ pub fn encode_page(out: &mut Vec<u8>, date: &HttpDate, persist: Persist, items: 
     } else {
         1 + items.iter().map(|&i| decimal_len(i) + 1).sum::<usize>()
     };
-    write_head(out, "200 OK", date, persist, b"", body_len);
+    write_head(out, "200 OK", date, JSON, persist, b"", body_len);
     out.push(b'[');
     let mut digits = itoa::Buffer::new();
     for (n, &item) in items.iter().enumerate() {
@@ -436,8 +453,20 @@ pub fn encode_page(out: &mut Vec<u8>, date: &HttpDate, persist: Persist, items: 
 /// Appends the `/healthz` answer.
 pub fn encode_health(out: &mut Vec<u8>, date: &HttpDate, persist: Persist) {
     const BODY: &[u8] = br#"{"status":"ok"}"#;
-    write_head(out, "200 OK", date, persist, b"", BODY.len());
+    write_head(out, "200 OK", date, JSON, persist, b"", BODY.len());
     out.extend_from_slice(BODY);
+}
+
+/// Appends a `200` answer with the given body and content type.
+pub fn encode_body(
+    out: &mut Vec<u8>,
+    date: &HttpDate,
+    persist: Persist,
+    content_type: &str,
+    body: &[u8],
+) {
+    write_head(out, "200 OK", date, content_type, persist, b"", body.len());
+    out.extend_from_slice(body);
 }
 
 /// Appends an error answer: `{"error":"<message>"}`.
@@ -454,24 +483,21 @@ pub fn encode_error(out: &mut Vec<u8>, date: &HttpDate, persist: Persist, err: H
     let mut digits = itoa::Buffer::new();
     let number = number.map_or("", |n| digits.format(n));
     let body_len = OPEN.len() + text.len() + number.len() + CLOSE.len();
-    write_head(
-        out,
-        err.status(),
-        date,
-        persist,
-        err.extra_header(),
-        body_len,
-    );
+    let extra = err.extra_header();
+    write_head(out, err.status(), date, JSON, persist, extra, body_len);
     out.extend_from_slice(OPEN);
     out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(number.as_bytes());
     out.extend_from_slice(CLOSE);
 }
 
+const JSON: &str = "application/json";
+
 fn write_head(
     out: &mut Vec<u8>,
     status: &str,
     date: &HttpDate,
+    content_type: &str,
     persist: Persist,
     extra_header: &[u8],
     body_len: usize,
@@ -480,7 +506,9 @@ fn write_head(
     out.extend_from_slice(status.as_bytes());
     out.extend_from_slice(b"\r\nServer: shardfeed\r\nDate: ");
     out.extend_from_slice(date.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(extra_header);
@@ -549,6 +577,8 @@ mod tests {
             Action::Feed { user: 9, size: 2 }
         );
         assert_eq!(action(&get("/healthz")), Action::Health);
+        assert_eq!(action(&get("/stats")), Action::Stats);
+        assert_eq!(action(&get("/metrics?x")), Action::Metrics);
     }
 
     #[test]
@@ -585,6 +615,9 @@ mod tests {
         assert_eq!(action(post), Action::Fail(HttpError::MethodNotAllowed));
         let delete = b"DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(action(delete), Action::Fail(HttpError::MethodNotAllowed));
+        let put = b"PUT /stats HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(action(put), Action::Fail(HttpError::MethodNotAllowed));
+        assert_eq!(HttpError::MethodNotAllowed.code(), 405);
         assert!(matches!(
             action(&get("*")),
             Action::Fail(HttpError::BadRequest(_))
@@ -792,6 +825,9 @@ mod tests {
             }
             let mut out = Vec::new();
             encode_health(&mut out, &date, persist);
+            assert_framed(std::str::from_utf8(&out).unwrap());
+            let mut out = Vec::new();
+            encode_body(&mut out, &date, persist, "text/plain", b"a\nb\n");
             assert_framed(std::str::from_utf8(&out).unwrap());
         }
     }

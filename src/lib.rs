@@ -5,8 +5,10 @@
 //! - [`data`]: synthetic feeds, the feed and fallback files, item counts for the pool.
 //! - [`http`]: bytes to requests and answers to bytes (httparse, itoa). Knows no shards.
 //! - [`shard`]: ownership (`owner_of`), cross-core channels, forwarding. Knows no bytes.
+//! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics` and summary rendering.
 //! - [`conn`]: one client connection: read, answer in order, write.
 //! - [`server`]: start-up (bind, load, executors) and supervision.
+//! - [`histlog`]: the HdrHistogram interval log (writer thread, reader).
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs).
 //! - [`cli`]: the command line.
 //!
@@ -18,7 +20,9 @@ pub mod cli;
 pub mod conn;
 pub mod data;
 pub mod feed;
+pub mod histlog;
 pub mod host;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod shard;

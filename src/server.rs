@@ -1,20 +1,35 @@
-//! Start-up and supervision: bind the listeners, load every shard's users in
-//! parallel, choose the fallback pool, start one pinned executor per shard,
-//! announce `listening on`, and stop the process if any shard stops.
+//! Start-up, supervision and shutdown: bind the listeners, load every
+//! shard's users in parallel, choose the fallback pool, start one pinned
+//! executor per shard, announce `listening on`, then wait for a signal (a
+//! graceful stop) or a shard that stops (a failure).
+//!
+//! Shutdown, on SIGINT or SIGTERM: every shard stops accepting, closes its
+//! idle connections, lets the others finish what they have read (waiting at
+//! most `--shutdown-timeout`), and reports its final metrics. Shards keep
+//! answering their peers' forwarded requests until the process exits, so a
+//! connection still draining on one shard is never left without its owner.
+//! Then the histogram log is flushed, the per-shard summary printed, and the
+//! process exits 0.
 
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
 
+use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::data::{self, LoadError, Synthetic, POOL_SAMPLE_ITEMS};
 use crate::feed::{Pool, Store, StoreBuilder};
+use crate::histlog::{HistogramLog, Interval};
 use crate::http::SizeLimits;
-use crate::shard::{self, owner_of, ShardId};
+use crate::metrics::{self, ShardMetrics, Snapshot};
+use crate::shard::{self, owner_of, Shard, ShardId};
 use crate::{conn, host};
 
 /// Memory each executor registers with its io_uring rings (x3 rings). A
@@ -22,6 +37,8 @@ use crate::{conn, host};
 /// needs far below common `ulimit -l` defaults.
 const IO_MEMORY: usize = 128 * 1024;
 const LISTEN_BACKLOG: i32 = 4096;
+/// How often a shard looks at the process-wide stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Where the feeds come from.
 #[derive(Debug, Clone)]
@@ -39,36 +56,63 @@ pub struct ServeConfig {
     pub fallback: Option<PathBuf>,
     pub fallback_size: usize,
     pub limits: SizeLimits,
+    pub histogram_log: Option<PathBuf>,
+    pub histogram_interval: Duration,
+    pub log_interval: Option<Duration>,
+    pub shutdown_timeout: Duration,
 }
 
-/// Runs the server. Returns only if it cannot start or a shard stops.
+/// What shards and the signal thread tell the main thread.
+enum Event {
+    Ready,
+    Stopped(usize, String),
+    Signal(i32),
+    Status(Box<Snapshot>),
+    Drained(Box<Snapshot>),
+}
+
+/// Runs the server until a signal stops it (`Ok`) or it cannot start or a
+/// shard fails (`Err`).
 pub fn serve(config: ServeConfig) -> Result<(), String> {
     host::check_io_uring()?;
     host::check_memlock()?;
     host::raise_nofile_limit();
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the signal thread receives SIGINT and SIGTERM.
+    let signals = block_stop_signals()?;
     let shards = config.cpus.len();
 
     let (addr, listeners) = bind_listeners(config.listen, shards)?;
     let stores = load_stores(&config)?;
+    let started = SystemTime::now();
+    let histogram_log = match &config.histogram_log {
+        Some(path) => Some(HistogramLog::create(path, started)?),
+        None => None,
+    };
 
     let (events_tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
     let links = shard::make_links(shards);
     let parts = stores.into_iter().zip(listeners).zip(links).enumerate();
     for (i, ((store, listener), links)) in parts {
-        let ready = events_tx.clone();
-        let limits = config.limits;
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[i]))
+        let events = events_tx.clone();
+        let stop = stop.clone();
+        let log = histogram_log.as_ref().map(|l| l.sender());
+        let cpu = config.cpus[i];
+        let config = config.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
-                let shard = shard::start(ShardId(i), shards, store, limits, links).await;
+                let metrics = ShardMetrics::new(log.is_some());
+                let shard =
+                    shard::start(ShardId(i), shards, store, config.limits, metrics, links).await;
                 // SAFETY: the descriptor comes from a listening socket we own.
                 let listener =
                     unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-                let _ = ready.send(Event::Ready);
-                accept_loop(listener, shard).await;
+                run_shard(shard, listener, &config, stop, log, events).await
             })
-            .map_err(|e| format!("cannot start shard {i} on CPU {}: {e}", config.cpus[i]))?;
+            .map_err(|e| format!("cannot start shard {i} on CPU {cpu}: {e}"))?;
         let stopped = events_tx.clone();
         std::thread::spawn(move || {
             let why = match handle.join() {
@@ -78,38 +122,133 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             let _ = stopped.send(Event::Stopped(i, why));
         });
     }
+    let signal_events = events_tx.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let sig = wait_for_signal(&signals);
+            if signal_events.send(Event::Signal(sig)).is_err() {
+                return;
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     drop(events_tx);
 
     let mut ready = 0;
-    for event in &events {
-        match event {
-            Event::Ready => ready += 1,
-            Event::Stopped(i, why) => return Err(format!("shard {i} failed to start: {why}")),
-        }
-        if ready == shards {
-            break;
+    while ready < shards {
+        match events.recv() {
+            Ok(Event::Ready) => ready += 1,
+            Ok(Event::Stopped(i, why)) => return Err(format!("shard {i} failed to start: {why}")),
+            Ok(Event::Signal(_)) => return Err("stopped by a signal while starting".into()),
+            Ok(_) => {}
+            Err(_) => return Err("every shard stopped".into()),
         }
     }
-    println!("listening on {addr}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    // Written, not println!: a closed stdout must not stop the server.
+    say(&format!("listening on {addr}\n"));
 
-    match events.recv() {
-        Ok(Event::Stopped(i, why)) => Err(format!("shard {i} stopped: {why}")),
-        Ok(Event::Ready) | Err(_) => Err("a shard stopped".into()),
-    }
-}
-
-enum Event {
-    Ready,
-    Stopped(usize, String),
-}
-
-async fn accept_loop(listener: glommio::net::TcpListener, shard: std::rc::Rc<shard::Shard>) {
+    let mut status = StatusLine::new(shards);
     loop {
-        match listener.accept().await {
+        match events.recv() {
+            Ok(Event::Signal(sig)) => {
+                eprintln!("shardfeed: signal {sig}: stopping");
+                stop.store(true, Ordering::Relaxed);
+                break;
+            }
+            Ok(Event::Status(snapshot)) => status.add(*snapshot),
+            Ok(Event::Stopped(i, why)) => return Err(format!("shard {i} stopped: {why}")),
+            Ok(_) => {}
+            Err(_) => return Err("every shard stopped".into()),
+        }
+    }
+
+    // Each shard waits at most the timeout; allow a margin for the last
+    // answers and snapshots to arrive.
+    let deadline = Instant::now() + config.shutdown_timeout + Duration::from_secs(2);
+    let mut drained: Vec<Snapshot> = Vec::with_capacity(shards);
+    while drained.len() < shards {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Drained(snapshot)) => drained.push(*snapshot),
+            Ok(Event::Signal(sig)) => return Err(format!("signal {sig} again: stopping at once")),
+            Ok(Event::Stopped(i, why)) => return Err(format!("shard {i} stopped: {why}")),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "{} of {shards} shards did not finish in time",
+                    shards - drained.len()
+                ))
+            }
+        }
+    }
+    if let Some(log) = histogram_log {
+        log.finish()?;
+    }
+    drained.sort_by_key(|s| s.shards[0]);
+    say(&metrics::summary_table(&drained));
+    Ok(())
+}
+
+/// Writes to stdout and flushes, ignoring a closed stdout.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// A shard's life after start-up: serve until told to stop, drain, report.
+async fn run_shard(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    config: &ServeConfig,
+    stop: Arc<AtomicBool>,
+    log: Option<mpsc::Sender<Interval>>,
+    events: mpsc::Sender<Event>,
+) {
+    use glommio::spawn_local;
+    spawn_local(watch_stop_flag(shard.clone(), stop)).detach();
+    // The log sender is shared with the interval task and taken back at the
+    // end, so that the writer thread sees every sender go.
+    let log = Rc::new(RefCell::new(log.map(|tx| (tx, SystemTime::now()))));
+    if log.borrow().is_some() {
+        let interval = config.histogram_interval;
+        spawn_local(log_intervals(shard.clone(), log.clone(), interval)).detach();
+    }
+    if let Some(every) = config.log_interval {
+        spawn_local(status_ticks(shard.clone(), events.clone(), every)).detach();
+    }
+    let _ = events.send(Event::Ready);
+
+    let gate = Gate::new();
+    accept_loop(&listener, &shard, &gate).await;
+    drop(listener);
+    let drain = gate.close();
+    let _ = glommio::timer::timeout(config.shutdown_timeout, drain).await;
+
+    if let Some((tx, since)) = log.borrow_mut().take() {
+        send_interval(&shard, &tx, since);
+    }
+    let _ = events.send(Event::Drained(Box::new(shard.snapshot())));
+    // Keep answering the other shards until the process exits.
+    std::future::pending::<()>().await
+}
+
+async fn accept_loop(listener: &glommio::net::TcpListener, shard: &Rc<Shard>, gate: &Gate) {
+    loop {
+        let accept = async { Some(listener.accept().await) };
+        let stop = async {
+            shard.shutdown_announced().await;
+            None
+        };
+        let Some(accepted) = futures_lite::future::or(accept, stop).await else {
+            return;
+        };
+        match accepted {
             Ok(stream) => {
-                glommio::spawn_local(conn::serve(stream, shard.clone())).detach();
+                if let Ok(task) = gate.spawn(conn::serve(stream, shard.clone())) {
+                    task.detach();
+                }
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning;
@@ -125,6 +264,127 @@ async fn accept_loop(listener: glommio::net::TcpListener, shard: std::rc::Rc<sha
             }
         }
     }
+}
+
+/// Turns the process-wide stop flag (set by the main thread on a signal)
+/// into this shard's shutdown.
+async fn watch_stop_flag(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    shard.begin_shutdown();
+}
+
+type LogSlot = Rc<RefCell<Option<(mpsc::Sender<Interval>, SystemTime)>>>;
+
+/// Sends this shard's interval histogram to the log writer every `every`.
+async fn log_intervals(shard: Rc<Shard>, log: LogSlot, every: Duration) {
+    loop {
+        glommio::timer::sleep(every).await;
+        let mut slot = log.borrow_mut();
+        let Some((tx, since)) = slot.as_mut() else {
+            return;
+        };
+        *since = send_interval(&shard, tx, *since);
+    }
+}
+
+/// Sends the interval since `since`; returns its end.
+fn send_interval(shard: &Shard, tx: &mpsc::Sender<Interval>, since: SystemTime) -> SystemTime {
+    let now = SystemTime::now();
+    if let Some(histogram) = shard.metrics.borrow_mut().take_interval() {
+        let _ = tx.send(Interval {
+            shard: shard.id.0,
+            start: since,
+            end: now,
+            histogram,
+        });
+    }
+    now
+}
+
+/// Sends a snapshot to the main thread every `every`, for the status line.
+async fn status_ticks(shard: Rc<Shard>, events: mpsc::Sender<Event>, every: Duration) {
+    while !shard.shutting_down() {
+        glommio::timer::sleep(every).await;
+        let _ = events.send(Event::Status(Box::new(shard.snapshot())));
+    }
+}
+
+/// The `--log-interval` line: once every shard has sent its snapshot for an
+/// interval, prints what changed since the previous line.
+struct StatusLine {
+    shards: usize,
+    pending: Vec<Option<Snapshot>>,
+    last: Option<(Instant, Snapshot)>,
+}
+
+impl StatusLine {
+    fn new(shards: usize) -> StatusLine {
+        StatusLine {
+            shards,
+            pending: vec![None; shards],
+            last: None,
+        }
+    }
+
+    fn add(&mut self, snapshot: Snapshot) {
+        let i = snapshot.shards[0];
+        self.pending[i] = Some(snapshot);
+        if self.pending.iter().any(Option::is_none) {
+            return;
+        }
+        let all: Vec<Snapshot> = self.pending.iter_mut().filter_map(Option::take).collect();
+        let now = Instant::now();
+        let merged = Snapshot::merge(&all);
+        if let Some((then, last)) = &self.last {
+            eprintln!("{}", status_text(now - *then, last, &merged));
+        }
+        self.last = Some((now, merged));
+        debug_assert_eq!(all.len(), self.shards);
+    }
+}
+
+fn status_text(elapsed: Duration, before: &Snapshot, now: &Snapshot) -> String {
+    let requests = now.counters.requests() - before.counters.requests();
+    let forwarded = now.counters.forwarded_out - before.counters.forwarded_out;
+    let mut interval = now.all();
+    let _ = interval.subtract(before.all());
+    let exhausted = now.store.exhausted_users - before.store.exhausted_users;
+    format!(
+        "shardfeed: {:.0} req/s, {:.1}% forwarded, p99 {} us, {} users exhausted their feed ({} in all)",
+        requests as f64 / elapsed.as_secs_f64().max(1e-9),
+        100.0 * forwarded as f64 / requests.max(1) as f64,
+        interval.value_at_percentile(99.0),
+        exhausted,
+        now.store.exhausted_users
+    )
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it
+/// starts); returns the set for [`wait_for_signal`].
+fn block_stop_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: plain signal-mask calls on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => Ok(set),
+            e => Err(format!(
+                "cannot block signals: {}",
+                std::io::Error::from_raw_os_error(e)
+            )),
+        }
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: sigwait only writes `sig`.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
 }
 
 /// Binds one `SO_REUSEPORT` listener per shard on the same address. Port 0 is

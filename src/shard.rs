@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
@@ -32,6 +32,7 @@ use glommio::{GlommioError, ResourceType};
 use crate::data::mix64;
 use crate::feed::{PageError, Store};
 use crate::http::{HttpDate, SizeLimits};
+use crate::metrics::{ShardMetrics, Snapshot};
 
 /// Requests queued to one peer before `503`.
 pub const REQUEST_QUEUE: usize = 1024;
@@ -88,6 +89,8 @@ pub struct PageRequest {
     pub user: u32,
     pub size: u16,
     pub page: Vec<u32>,
+    /// When the origin sent it, for the round-trip histogram.
+    pub sent_at: Instant,
 }
 
 /// The owner's answer to one [`PageRequest`].
@@ -96,6 +99,23 @@ pub struct PageReply {
     pub token: Token,
     pub page: Vec<u32>,
     pub result: Result<(), PageError>,
+    pub sent_at: Instant,
+}
+
+/// A request for the receiving shard's metrics snapshot (`/stats`,
+/// `/metrics`). Same rules as [`PageRequest`]: sent with `try_send` only,
+/// answered with exactly one [`ControlReply`] carrying the same `seq`. A
+/// shard gathers one set of snapshots at a time, and drops replies with an
+/// older `seq` (left by a gather whose client went away).
+#[derive(Debug)]
+pub struct ControlRequest {
+    pub seq: u64,
+}
+
+#[derive(Debug)]
+pub struct ControlReply {
+    pub seq: u64,
+    pub snapshot: Box<Snapshot>,
 }
 
 /// Why a page request got no page.
@@ -120,6 +140,17 @@ pub struct Shard {
     to_peer: Vec<Option<ConnectedSender<PageRequest>>>,
     tickets: RefCell<Tickets>,
     free_pages: RefCell<Vec<Vec<u32>>>,
+    pub metrics: RefCell<ShardMetrics>,
+    /// Control channels to and from each peer, for snapshots.
+    control_to: Vec<Option<ConnectedSender<ControlRequest>>>,
+    control_replies: Vec<Option<ConnectedReceiver<ControlReply>>>,
+    /// One snapshot gathering at a time (it reads the reply channels).
+    gathering: glommio::sync::Semaphore,
+    gather_seq: Cell<u64>,
+    /// Never signalled, only closed: closing it announces shutdown to every
+    /// task waiting on it.
+    shutdown: glommio::sync::Semaphore,
+    shutting_down: Cell<bool>,
 }
 
 /// A page that is either ready or on its way back from the owner.
@@ -132,7 +163,7 @@ impl Shard {
     /// Serves a page for `user`: from the local store if this shard owns the
     /// user, else by forwarding to the owner. Give the page back with
     /// [`Shard::recycle`] once it is written.
-    pub fn page(self: &Rc<Self>, user: u32, size: u16) -> Pending {
+    pub fn page(self: &Rc<Self>, user: u32, size: u16, now: Instant) -> Pending {
         let owner = owner_of(user, self.shards);
         let mut page = self.take_page();
         if owner == self.id {
@@ -140,6 +171,7 @@ impl Shard {
         }
         let Some(token) = self.tickets.borrow_mut().open() else {
             self.recycle(page);
+            self.metrics.borrow_mut().counters.queue_full += 1;
             return Pending::Ready(Err(Unserved::Overloaded));
         };
         page.clear();
@@ -148,13 +180,17 @@ impl Shard {
             user,
             size,
             page,
+            sent_at: now,
         };
         let sender = self.to_peer[owner.0].as_ref().expect("a peer's channel");
         match sender.try_send(request) {
-            Ok(()) => Pending::Forwarded(Ticket {
-                shard: self.clone(),
-                token,
-            }),
+            Ok(()) => {
+                self.metrics.borrow_mut().counters.forwarded_out += 1;
+                Pending::Forwarded(Ticket {
+                    shard: self.clone(),
+                    token,
+                })
+            }
             Err(e) => {
                 // Full (or, while the process stops, closed): answer 503.
                 self.tickets.borrow_mut().cancel(token);
@@ -163,6 +199,7 @@ impl Shard {
                 {
                     self.recycle(request.page);
                 }
+                self.metrics.borrow_mut().counters.queue_full += 1;
                 Pending::Ready(Err(Unserved::Overloaded))
             }
         }
@@ -202,6 +239,57 @@ impl Shard {
     /// that requests never read the clock.
     pub fn date(&self) -> HttpDate {
         self.date.get()
+    }
+
+    /// This shard's metrics, copied.
+    pub fn snapshot(&self) -> Snapshot {
+        let store = self.store.borrow().counters();
+        self.metrics.borrow().snapshot(self.id.0, store)
+    }
+
+    /// Every shard's snapshot, in shard order, gathered over the control
+    /// channels. Request handling goes on meanwhile on every shard.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, Unserved> {
+        let _one_at_a_time = self
+            .gathering
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Unserved::Overloaded)?;
+        let seq = self.gather_seq.get() + 1;
+        self.gather_seq.set(seq);
+        for to in self.control_to.iter().flatten() {
+            if to.try_send(ControlRequest { seq }).is_err() {
+                return Err(Unserved::Overloaded);
+            }
+        }
+        let mut all = vec![self.snapshot()];
+        for replies in self.control_replies.iter().flatten() {
+            loop {
+                let reply = replies.recv().await.ok_or(Unserved::Overloaded)?;
+                if reply.seq == seq {
+                    all.push(*reply.snapshot);
+                    break;
+                }
+            }
+        }
+        all.sort_by_key(|s| s.shards[0]);
+        Ok(all)
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Tells every task of this shard that waits in
+    /// [`Shard::shutdown_announced`] to stop.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        self.shutdown.close();
+    }
+
+    /// Completes once shutdown has begun.
+    pub async fn shutdown_announced(&self) {
+        let _ = self.shutdown.acquire(1).await;
     }
 }
 
@@ -330,22 +418,47 @@ impl Tickets {
     }
 }
 
-/// One shard's ends of the cross-core channels, before connecting.
+/// One shard's ends of a request/reply mesh, before connecting.
 /// Index = peer shard; `None` at our own index.
-pub struct Links {
-    pub requests_to: Vec<Option<SharedSender<PageRequest>>>,
-    pub requests_from: Vec<Option<SharedReceiver<PageRequest>>>,
-    pub replies_to: Vec<Option<SharedSender<PageReply>>>,
-    pub replies_from: Vec<Option<SharedReceiver<PageReply>>>,
+pub struct Duplex<Req: Send, Rep: Send> {
+    pub requests_to: Vec<Option<SharedSender<Req>>>,
+    pub requests_from: Vec<Option<SharedReceiver<Req>>>,
+    pub replies_to: Vec<Option<SharedSender<Rep>>>,
+    pub replies_from: Vec<Option<SharedReceiver<Rep>>>,
 }
 
-/// Creates the channel mesh for `n` shards: element `i` belongs to shard `i`.
+/// One shard's ends of every cross-core channel.
+pub struct Links {
+    pub pages: Duplex<PageRequest, PageReply>,
+    pub control: Duplex<ControlRequest, ControlReply>,
+}
+
+/// Control messages in flight per peer: one gathering at a time, plus the
+/// stale replies of gatherings whose client went away.
+const CONTROL_QUEUE: usize = 16;
+
+/// Creates the channel meshes for `n` shards: element `i` belongs to shard `i`.
 pub fn make_links(n: usize) -> Vec<Links> {
+    let mut pages = make_duplex(n, REQUEST_QUEUE, REPLY_QUEUE).into_iter();
+    let control = make_duplex(n, CONTROL_QUEUE, CONTROL_QUEUE).into_iter();
+    control
+        .map(|control| Links {
+            pages: pages.next().expect("one per shard"),
+            control,
+        })
+        .collect()
+}
+
+fn make_duplex<Req: Send, Rep: Send>(
+    n: usize,
+    req_cap: usize,
+    rep_cap: usize,
+) -> Vec<Duplex<Req, Rep>> {
     fn none<T>(n: usize) -> Vec<Option<T>> {
         (0..n).map(|_| None).collect()
     }
-    let mut links: Vec<Links> = (0..n)
-        .map(|_| Links {
+    let mut ends: Vec<Duplex<Req, Rep>> = (0..n)
+        .map(|_| Duplex {
             requests_to: none(n),
             requests_from: none(n),
             replies_to: none(n),
@@ -354,78 +467,109 @@ pub fn make_links(n: usize) -> Vec<Links> {
         .collect();
     for a in 0..n {
         for b in (0..n).filter(|&b| b != a) {
-            let (req_tx, req_rx) = glommio::channels::shared_channel::new_bounded(REQUEST_QUEUE);
-            let (rep_tx, rep_rx) = glommio::channels::shared_channel::new_bounded(REPLY_QUEUE);
-            links[a].requests_to[b] = Some(req_tx);
-            links[b].requests_from[a] = Some(req_rx);
-            links[b].replies_to[a] = Some(rep_tx);
-            links[a].replies_from[b] = Some(rep_rx);
+            let (req_tx, req_rx) = glommio::channels::shared_channel::new_bounded(req_cap);
+            let (rep_tx, rep_rx) = glommio::channels::shared_channel::new_bounded(rep_cap);
+            ends[a].requests_to[b] = Some(req_tx);
+            ends[b].requests_from[a] = Some(req_rx);
+            ends[b].replies_to[a] = Some(rep_tx);
+            ends[a].replies_from[b] = Some(rep_rx);
         }
     }
-    links
+    ends
+}
+
+/// A [`Duplex`] with every end connected.
+struct Connected<Req: Send, Rep: Send> {
+    requests_to: Vec<Option<ConnectedSender<Req>>>,
+    requests_from: Vec<Option<ConnectedReceiver<Req>>>,
+    replies_to: Vec<Option<ConnectedSender<Rep>>>,
+    replies_from: Vec<Option<ConnectedReceiver<Rep>>>,
+}
+
+/// Connects every end of `d` at once: `connect()` waits for the peer to
+/// connect its end, so connecting one at a time could wait in a circle.
+async fn connect<Req: Send + 'static, Rep: Send + 'static>(
+    d: Duplex<Req, Rep>,
+) -> Connected<Req, Rep> {
+    let requests_to = connect_senders(d.requests_to);
+    let replies_to = connect_senders(d.replies_to);
+    let requests_from = connect_receivers(d.requests_from);
+    let replies_from = connect_receivers(d.replies_from);
+    Connected {
+        requests_to: join_all(requests_to).await,
+        requests_from: join_all(requests_from).await,
+        replies_to: join_all(replies_to).await,
+        replies_from: join_all(replies_from).await,
+    }
+}
+
+fn connect_senders<T: Send + 'static>(
+    ends: Vec<Option<SharedSender<T>>>,
+) -> Vec<Option<glommio::Task<ConnectedSender<T>>>> {
+    let connect = |s: SharedSender<T>| glommio::spawn_local(s.connect());
+    ends.into_iter().map(|s| s.map(connect)).collect()
+}
+
+fn connect_receivers<T: Send + 'static>(
+    ends: Vec<Option<SharedReceiver<T>>>,
+) -> Vec<Option<glommio::Task<ConnectedReceiver<T>>>> {
+    let connect = |r: SharedReceiver<T>| glommio::spawn_local(r.connect());
+    ends.into_iter().map(|r| r.map(connect)).collect()
+}
+
+async fn join_all<T>(tasks: Vec<Option<glommio::Task<T>>>) -> Vec<Option<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(match task {
+            Some(t) => Some(t.await),
+            None => None,
+        });
+    }
+    out
 }
 
 /// Connects this shard's channel ends, starts the tasks that serve peers and
 /// complete forwarded requests, and returns the shard.
-///
-/// Every shard connects all its ends at once: `connect()` waits for the peer
-/// to connect its end, so connecting one at a time could wait in a circle.
 pub async fn start(
     id: ShardId,
     shards: usize,
     store: Store,
     limits: SizeLimits,
+    metrics: ShardMetrics,
     links: Links,
 ) -> Rc<Shard> {
     use glommio::spawn_local;
-    let Links {
-        requests_to,
-        requests_from,
-        replies_to,
-        replies_from,
-    } = links;
-    let requests_to: Vec<_> = requests_to
-        .into_iter()
-        .map(|s| s.map(|s| spawn_local(s.connect())))
-        .collect();
-    let requests_from: Vec<_> = requests_from
-        .into_iter()
-        .map(|r| r.map(|r| spawn_local(r.connect())))
-        .collect();
-    let replies_to: Vec<_> = replies_to
-        .into_iter()
-        .map(|s| s.map(|s| spawn_local(s.connect())))
-        .collect();
-    let replies_from: Vec<_> = replies_from
-        .into_iter()
-        .map(|r| r.map(|r| spawn_local(r.connect())))
-        .collect();
-
-    let mut to_peer = Vec::with_capacity(shards);
-    for task in requests_to {
-        to_peer.push(match task {
-            Some(t) => Some(t.await),
-            None => None,
-        });
-    }
+    let pages = connect(links.pages).await;
+    let control = connect(links.control).await;
     let shard = Rc::new(Shard {
         id,
         shards,
         limits,
         store: RefCell::new(store),
         date: Cell::new(HttpDate::now()),
-        to_peer,
+        to_peer: pages.requests_to,
         tickets: RefCell::new(Tickets::default()),
         free_pages: RefCell::new(Vec::new()),
+        metrics: RefCell::new(metrics),
+        control_to: control.requests_to,
+        control_replies: control.replies_from,
+        gathering: glommio::sync::Semaphore::new(1),
+        gather_seq: Cell::new(0),
+        shutdown: glommio::sync::Semaphore::new(0),
+        shutting_down: Cell::new(false),
     });
-    for (requests, replies) in requests_from.into_iter().zip(replies_to) {
+    for (requests, replies) in pages.requests_from.into_iter().zip(pages.replies_to) {
         if let (Some(requests), Some(replies)) = (requests, replies) {
-            let (requests, replies) = (requests.await, replies.await);
             spawn_local(serve_peer(shard.clone(), requests, replies)).detach();
         }
     }
-    for replies in replies_from.into_iter().flatten() {
-        spawn_local(complete_forwarded(shard.clone(), replies.await)).detach();
+    for replies in pages.replies_from.into_iter().flatten() {
+        spawn_local(complete_forwarded(shard.clone(), replies)).detach();
+    }
+    for (requests, replies) in control.requests_from.into_iter().zip(control.replies_to) {
+        if let (Some(requests), Some(replies)) = (requests, replies) {
+            spawn_local(serve_control(shard.clone(), requests, replies)).detach();
+        }
     }
     spawn_local(refresh_date(shard.clone())).detach();
     shard
@@ -443,10 +587,12 @@ async fn serve_peer(
             .borrow_mut()
             .next_page(req.user, req.size as usize, &mut req.page)
             .map(|_| ());
+        shard.metrics.borrow_mut().counters.forwarded_in += 1;
         let reply = PageReply {
             token: req.token,
             page: req.page,
             result,
+            sent_at: req.sent_at,
         };
         // May wait for room; the receiving task never sends, so it frees room.
         if replies.send(reply).await.is_err() {
@@ -458,12 +604,36 @@ async fn serve_peer(
 /// Origin side: hands each reply to the request waiting for it. Never sends.
 async fn complete_forwarded(shard: Rc<Shard>, replies: ConnectedReceiver<PageReply>) {
     while let Some(reply) = replies.recv().await {
+        let round_trip = reply.sent_at.elapsed().as_micros() as u64;
+        shard
+            .metrics
+            .borrow_mut()
+            .round_trip
+            .saturating_record(round_trip);
         let (waker, orphan) = shard.tickets.borrow_mut().complete(reply);
         if let Some(waker) = waker {
             waker.wake();
         }
         if let Some(page) = orphan {
             shard.recycle(page);
+        }
+    }
+}
+
+/// Owner side of the control channel: answers snapshot requests. May wait
+/// for room in the reply channel; its reader (a gathering) never sends.
+async fn serve_control(
+    shard: Rc<Shard>,
+    requests: ConnectedReceiver<ControlRequest>,
+    replies: ConnectedSender<ControlReply>,
+) {
+    while let Some(req) = requests.recv().await {
+        let reply = ControlReply {
+            seq: req.seq,
+            snapshot: Box::new(shard.snapshot()),
+        };
+        if replies.send(reply).await.is_err() {
+            return;
         }
     }
 }
@@ -508,6 +678,7 @@ mod tests {
             token,
             page: vec![1, 2],
             result: Ok(()),
+            sent_at: Instant::now(),
         };
         let (waker, orphan) = t.complete(reply(a));
         assert!(waker.is_none() && orphan.is_none());

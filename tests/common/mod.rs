@@ -4,8 +4,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardfeed");
 
@@ -69,6 +69,8 @@ pub fn known_files(dir: &TempDir) -> (PathBuf, PathBuf) {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Kept open so that the server can still write to stdout.
+    stdout: BufReader<ChildStdout>,
 }
 
 impl Server {
@@ -82,10 +84,9 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start shardfeed");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
             panic!("expected `listening on ADDR`, got {line:?}");
@@ -93,7 +94,27 @@ impl Server {
         Server {
             addr: addr.parse().unwrap(),
             child,
+            stdout,
         }
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the process to exit.
+    /// Returns its status, the rest of its stdout, and how long it took.
+    pub fn terminate(mut self, limit: Duration) -> (ExitStatus, String, Duration) {
+        let started = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < limit, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = started.elapsed();
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        (status, rest, took)
     }
 
     /// The known test data on 2 shards.
