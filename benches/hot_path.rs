@@ -9,6 +9,7 @@ use std::time::Instant;
 use shardfeed::data::{self, Synthetic};
 use shardfeed::feed::Pool;
 use shardfeed::http::{self, HttpDate, Persist, SizeLimits};
+use shardfeed::metrics::{Class, Route, ShardMetrics};
 use shardfeed::shard::owner_of;
 
 const LIMITS: SizeLimits = SizeLimits {
@@ -53,6 +54,19 @@ fn main() {
     });
     bench("shard::owner_of", 50_000_000, |i| {
         black_box(owner_of(black_box(i as u32), 2));
+    });
+    // What metrics add per request: one record (two with the histogram log)
+    // and, per round of requests, two clock reads.
+    let mut metrics = ShardMetrics::new(true);
+    bench(
+        "ShardMetrics::record (with interval log)",
+        20_000_000,
+        |i| {
+            metrics.record(Route::Local, Class::Success, black_box(i & 1023));
+        },
+    );
+    bench("Instant::now + elapsed (per round)", 10_000_000, |_| {
+        black_box(black_box(Instant::now()).elapsed());
     });
 
     let spec = Synthetic {

@@ -4,6 +4,8 @@
 #   scripts/bench.sh                 # like the reference: wrk -t5 -c200 -d30s --latency
 #   scripts/bench.sh --quick         # wrk -t1 -c64 -d10s
 #   scripts/bench.sh --shards 1 -c 100 -d 20s --users 5000000
+#   scripts/bench.sh --quick --bin /tmp/old/shardfeed         # another build, not rebuilt
+#   scripts/bench.sh --quick --server-arg --histogram-log --server-arg /tmp/l.hlog
 #
 # Prints wrk's output, then the server's CPU time per request (user + system
 # of all its threads, from /proc) and its resident memory. The load generator
@@ -12,6 +14,7 @@
 set -euo pipefail
 
 threads=5 conns=200 duration=30s users=1000000 feed_len=200 shards="" cpus="" size=10
+bin="" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) threads=1 conns=64 duration=10s ;;
@@ -23,7 +26,9 @@ while [ $# -gt 0 ]; do
     --shards) shards=$2; shift ;;
     --cpus) cpus=$2; shift ;;
     --size) size=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --bin) bin=$2; shift ;;
+    --server-arg) extra+=("$2"); shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -31,13 +36,17 @@ done
 
 command -v wrk >/dev/null || { echo "bench.sh: wrk is missing: apt-get install -y wrk" >&2; exit 1; }
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+if [ -z "$bin" ]; then
+  cargo build --release --quiet
+  bin=./target/release/shardfeed
+fi
 
 args=(serve --listen 127.0.0.1:0 --users "$users" --feed-len "$feed_len")
 [ -n "$shards" ] && args+=(--shards "$shards")
 [ -n "$cpus" ] && args+=(--cpus "$cpus")
+args+=("${extra[@]}")
 out=$(mktemp)
-./target/release/shardfeed "${args[@]}" >"$out" &
+"$bin" "${args[@]}" >"$out" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$out"' EXIT
 for _ in $(seq 600); do

@@ -10,6 +10,7 @@ use crate::data::{self, Synthetic};
 use crate::host;
 use crate::http::SizeLimits;
 use crate::server::{ServeConfig, Source};
+use crate::{histlog, metrics};
 
 /// Largest accepted `--max-size`: a page is one answer, not a data dump.
 pub const MAX_PAGE: u16 = 10_000;
@@ -31,6 +32,49 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write the synthetic data set as a feed file (`user<TAB>item,item,...`).
     Gen(GenArgs),
+    /// Print the latency distribution of each shard in a histogram log
+    /// (written with `serve --histogram-log`).
+    Latency(LatencyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    /// The histogram log.
+    pub log: PathBuf,
+    /// Tab-separated `tag percentile value_us` rows (for scripts/plot-latency)
+    /// instead of the HdrHistogram percentile-distribution text.
+    #[arg(long)]
+    pub tsv: bool,
+}
+
+impl LatencyArgs {
+    pub fn run(&self) -> Result<(), String> {
+        let bytes = std::fs::read(&self.log)
+            .map_err(|e| format!("cannot read {}: {e}", self.log.display()))?;
+        let intervals =
+            histlog::read_log(&bytes).map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let mut per_tag: Vec<(String, hdrhistogram::Histogram<u64>)> = Vec::new();
+        for interval in intervals {
+            let tag = interval.tag.unwrap_or_else(|| "untagged".into());
+            match per_tag.iter_mut().find(|(t, _)| *t == tag) {
+                Some((_, h)) => h
+                    .add(&interval.histogram)
+                    .map_err(|e| format!("{tag}: {e:?}"))?,
+                None => per_tag.push((tag, interval.histogram)),
+            }
+        }
+        if per_tag.is_empty() {
+            return Err(format!("{}: no histograms in the log", self.log.display()));
+        }
+        per_tag.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = String::new();
+        for (tag, h) in &per_tag {
+            metrics::write_distribution(&mut out, tag, h, self.tsv);
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().lock().write_all(out.as_bytes());
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]

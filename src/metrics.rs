@@ -432,6 +432,47 @@ fn prometheus_buckets(out: &mut String, name: &str, labels: &str, h: &Histogram<
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
 }
 
+/// A histogram's percentile distribution: the HdrHistogram text layout
+/// (`Value Percentile TotalCount 1/(1-Percentile)`, values in us), or TSV
+/// rows `tag<TAB>percentile<TAB>value_us`.
+pub fn write_distribution(out: &mut String, tag: &str, h: &Histogram<u64>, tsv: bool) {
+    if !tsv {
+        let _ = writeln!(out, "# {tag}: {} requests, values in microseconds", h.len());
+        let _ = writeln!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        );
+    }
+    let mut total = 0;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let value = v.value_iterated_to();
+        if tsv {
+            let _ = writeln!(out, "{tag}\t{:.6}\t{value}", q * 100.0);
+        } else if q < 1.0 {
+            let _ = writeln!(
+                out,
+                "{value:>12} {q:>14.12} {total:>10} {:>14.2}",
+                1.0 / (1.0 - q)
+            );
+        } else {
+            let _ = writeln!(out, "{value:>12} {q:>14.12} {total:>10} {:>14}", "inf");
+        }
+    }
+    if !tsv {
+        let _ = writeln!(
+            out,
+            "#[Mean = {:.3}, StdDeviation = {:.3}]\n#[Max = {}, Total count = {}]\n",
+            h.mean(),
+            h.stdev(),
+            h.max(),
+            h.len()
+        );
+    }
+}
+
 /// The table printed at shutdown: one row per shard and one for all.
 pub fn summary_table(snapshots: &[Snapshot]) -> String {
     let mut out = String::new();
@@ -544,6 +585,21 @@ mod tests {
         assert!(text.contains(
             "shardfeed_request_duration_seconds_sum{shard=\"0\",route=\"local\"} 0.00213"
         ));
+    }
+
+    #[test]
+    fn distribution_ends_at_the_max() {
+        let mut h = new_histogram();
+        for v in 1..=1000 {
+            h.record(v).unwrap();
+        }
+        let mut tsv = String::new();
+        write_distribution(&mut tsv, "shard-0", &h, true);
+        let last = tsv.lines().last().unwrap();
+        assert!(last.starts_with("shard-0\t100.000000\t"), "{last}");
+        let mut text = String::new();
+        write_distribution(&mut text, "shard-0", &h, false);
+        assert!(text.contains("#[Max = 1000, Total count = 1000]"), "{text}");
     }
 
     #[test]
