@@ -8,14 +8,11 @@ use std::time::Instant;
 
 use shardfeed::data::{self, Synthetic};
 use shardfeed::feed::Pool;
-use shardfeed::http::{self, HttpDate, Persist, SizeLimits};
+use shardfeed::http::{self, HttpDate, Limits, Persist};
 use shardfeed::metrics::{Class, Route, ShardMetrics};
 use shardfeed::shard::owner_of;
 
-const LIMITS: SizeLimits = SizeLimits {
-    default_size: 10,
-    max_size: 100,
-};
+const LIMITS: Limits = Limits::DEFAULT;
 
 /// Runs `f` `iters` times, five times over; prints and returns the best ns/op.
 fn bench(name: &str, iters: u64, mut f: impl FnMut(u64)) -> f64 {

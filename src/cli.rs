@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::conn::ConnLimits;
 use crate::data::{self, Synthetic};
 use crate::host;
-use crate::http::SizeLimits;
+use crate::http::{self, Limits};
 use crate::server::{ServeConfig, Source};
+use crate::shard;
 use crate::{histlog, metrics};
 
 /// Largest accepted `--max-size`: a page is one answer, not a data dump.
@@ -148,6 +150,38 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long to wait for open requests to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A request head must be complete this long after its first byte (else
+    /// 408 and close).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Close a keep-alive connection idle this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Close a connection whose client does not take our answers this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// Open connections per shard; beyond, new ones get 503 and are closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Pipelined requests answered per connection before their answers are
+    /// written (and before reading more).
+    #[arg(long, default_value_t = 128)]
+    pub max_pipeline: usize,
+    /// Bytes of answers buffered per connection before they are written.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_unsent_bytes: usize,
+    /// Forwarded requests awaiting another shard, per shard; beyond, 503.
+    #[arg(long, default_value_t = shard::MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Largest request head (request line and headers); beyond, 431.
+    #[arg(long, default_value_t = http::MAX_HEAD)]
+    pub max_head_bytes: usize,
+    /// Largest request line; beyond, 414.
+    #[arg(long, default_value_t = http::MAX_REQUEST_LINE)]
+    pub max_request_line: usize,
+    /// Largest body accepted (and discarded) on a GET; beyond, 413.
+    #[arg(long, default_value_t = http::MAX_BODY)]
+    pub max_body_bytes: usize,
 }
 
 /// `250ms`, `1s`, `2.5s`, `1m`; a bare number is seconds.
@@ -183,6 +217,28 @@ impl ServeArgs {
                 self.max_size
             ));
         }
+        let at_least = |name: &str, value: usize, min: usize| {
+            if value < min {
+                Err(format!("--{name} must be at least {min}"))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("max-connections", self.max_connections, 1)?;
+        at_least("max-pipeline", self.max_pipeline, 1)?;
+        at_least("max-unsent-bytes", self.max_unsent_bytes, 1)?;
+        at_least("max-in-flight", self.max_in_flight, 1)?;
+        at_least("max-head-bytes", self.max_head_bytes, 64)?;
+        at_least("max-request-line", self.max_request_line, 16)?;
+        if self.max_request_line > self.max_head_bytes {
+            return Err(format!(
+                "--max-request-line ({}) must not exceed --max-head-bytes ({})",
+                self.max_request_line, self.max_head_bytes
+            ));
+        }
+        if self.max_head_bytes > 1 << 20 || self.max_body_bytes > 1 << 20 {
+            return Err("--max-head-bytes and --max-body-bytes must be at most 1 MiB".into());
+        }
         let source = match &self.feed {
             Some(path) => Source::File(path.clone()),
             None => Source::Synthetic(self.synthetic.spec()?),
@@ -193,10 +249,22 @@ impl ServeArgs {
             source,
             fallback: self.fallback.clone(),
             fallback_size: self.fallback_size,
-            limits: SizeLimits {
+            limits: Limits {
                 default_size: self.default_size,
                 max_size: self.max_size,
+                max_head: self.max_head_bytes,
+                max_request_line: self.max_request_line,
+                max_body: self.max_body_bytes,
             },
+            conn_limits: ConnLimits {
+                header_timeout: self.header_timeout,
+                idle_timeout: self.idle_timeout,
+                write_timeout: self.write_timeout,
+                max_connections: self.max_connections,
+                max_pipeline: self.max_pipeline,
+                max_unsent: self.max_unsent_bytes,
+            },
+            max_in_flight: self.max_in_flight,
             histogram_log: self.histogram_log.clone(),
             histogram_interval: self.histogram_interval,
             log_interval: self.log_interval,

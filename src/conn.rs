@@ -6,11 +6,18 @@
 //! answers that are ready before it are staged, so answers always leave in
 //! request order.
 //!
+//! Bounds: a round answers at most `max_pipeline` requests or `max_unsent`
+//! bytes of answers, then writes them all before reading again, so a client
+//! that pipelines without reading stops being read (and its write deadline
+//! ends it). The input buffer starts small and grows at most to one largest
+//! request. Deadlines are kept by the shard's [`watchdog`](crate::watchdog).
+//!
 //! Timing: one clock read when a round's bytes have been read, one when its
 //! answers have been handed to the socket; every request of the round is
 //! recorded with that service time.
 
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -20,17 +27,99 @@ use glommio::net::TcpStream;
 use crate::http::{self, Action, HttpError, Persist, Request};
 use crate::metrics::{self, Class, Route};
 use crate::shard::{Pending, Shard, Ticket, Unserved};
+use crate::watchdog::{Expired, Phase, Registry, Watch};
 
-/// Read buffer: one largest request (head + body) always fits.
-const READ_BUFFER: usize = 16 * 1024;
-/// Requests answered per round before writing, so that one pipelining client
-/// cannot make its pending output grow without bound.
-const MAX_PIPELINE: usize = 128;
+/// Initial read buffer: a typical request is a few hundred bytes, and
+/// thousands of idle connections should not cost a large buffer each.
+const INITIAL_INPUT: usize = 2 * 1024;
 /// After the last answer on a connection we close, how long to keep reading
 /// (and discarding) what the client still sends, so that unread bytes do not
 /// make the kernel reset the connection and destroy the answer.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
+
+/// Per-connection limits from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// A request head must be complete this long after its first byte.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// The client must take our answers within this long.
+    pub write_timeout: Duration,
+    /// Open connections per shard; beyond, `503` and close.
+    pub max_connections: usize,
+    /// Requests answered per round before writing.
+    pub max_pipeline: usize,
+    /// Bytes of answers per round before writing.
+    pub max_unsent: usize,
+}
+
+impl ConnLimits {
+    pub const DEFAULT: ConnLimits = ConnLimits {
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(30),
+        max_connections: 10_000,
+        max_pipeline: 128,
+        max_unsent: 256 * 1024,
+    };
+}
+
+/// What the connections of one shard share.
+pub struct Conns {
+    pub shard: Rc<Shard>,
+    pub registry: Rc<Registry>,
+    pub limits: ConnLimits,
+}
+
+/// A connection's read buffer: `buf[..filled]` is received, unanswered
+/// input. Grows (never beyond `max`) only when a request does not fit.
+pub struct Input {
+    buf: Vec<u8>,
+    filled: usize,
+    max: usize,
+}
+
+impl Input {
+    /// `max` must hold one largest request plus one byte, so that a full
+    /// buffer always holds something [`http::decode`] decides on.
+    pub fn new(max: usize) -> Input {
+        Input {
+            buf: vec![0; INITIAL_INPUT.min(max)],
+            filled: 0,
+            max,
+        }
+    }
+
+    /// Room to read into (never empty).
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.filled == self.buf.len() {
+            let grown = (self.buf.len() * 2).min(self.max);
+            assert!(grown > self.buf.len(), "a full input buffer is decodable");
+            self.buf.resize(grown, 0);
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    pub fn received(&mut self, n: usize) {
+        self.filled += n;
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Drops the first `n` bytes.
+    pub fn consume(&mut self, n: usize) {
+        self.buf.copy_within(n..self.filled, 0);
+        self.filled -= n;
+    }
+}
 
 /// An answer not yet written: encoded bytes in `staged`, or one that must be
 /// waited for.
@@ -49,8 +138,8 @@ enum Report {
 /// Per-connection buffers, allocated once per connection.
 struct Conn {
     shard: Rc<Shard>,
-    input: Box<[u8]>,
-    filled: usize,
+    limits: ConnLimits,
+    input: Input,
     out: Vec<u8>,
     staged: Vec<u8>,
     queued: Vec<Queued>,
@@ -68,64 +157,107 @@ impl Drop for OpenConnection {
 }
 
 /// Serves one connection until the client closes it, an error, a request
-/// that ends it, or shutdown while it is idle.
-pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
+/// that ends it, a deadline, or shutdown while it is idle.
+pub async fn serve(mut stream: TcpStream, conns: Rc<Conns>) {
+    let shard = conns.shard.clone();
+    let limits = conns.limits;
     {
         let mut m = shard.metrics.borrow_mut();
         m.counters.connections_accepted += 1;
         m.counters.open_connections += 1;
     }
     let _open = OpenConnection(shard.clone());
+    let watch = conns
+        .registry
+        .register(stream.as_raw_fd(), Instant::now() + limits.idle_timeout);
     // Answers are written whole, so Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
+        input: Input::new(shard.limits.max_request() + 1),
         shard,
-        input: vec![0; READ_BUFFER].into_boxed_slice(),
-        filled: 0,
-        out: Vec::with_capacity(READ_BUFFER),
+        limits,
+        out: Vec::new(),
         staged: Vec::new(),
         queued: Vec::new(),
         answered: Vec::new(),
     };
+    run(&mut stream, &mut conn, &watch).await;
+    if matches!(
+        watch.expired(),
+        Some(Expired::Idle | Expired::Head | Expired::Write)
+    ) {
+        conn.shard
+            .metrics
+            .borrow_mut()
+            .counters
+            .timed_out_connections += 1;
+    }
+}
+
+/// The connection's read-answer-write loop.
+async fn run(stream: &mut TcpStream, conn: &mut Conn, watch: &Watch) {
+    let limits = conn.limits;
     let mut more_ready = false;
+    let mut head_since: Option<Instant> = None;
     loop {
         if !more_ready {
-            // A full buffer always holds a decodable request (head <= 8 KiB,
-            // body <= 4 KiB), so there is always room to read into here.
-            debug_assert!(conn.filled < conn.input.len());
-            let idle = conn.filled == 0;
-            if idle && conn.shard.shutting_down() {
+            if conn.input.is_empty() && conn.shard.shutting_down() {
                 return;
             }
-            let read = stream.read(&mut conn.input[conn.filled..]);
-            let read = if idle {
-                // Between requests: shutdown closes the connection at once.
-                let shutdown = async {
-                    conn.shard.shutdown_announced().await;
-                    Ok(0)
-                };
-                futures_lite::future::or(read, shutdown).await
-            } else {
-                read.await
-            };
-            match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => conn.filled += n,
+            match stream.read(conn.input.spare()).await {
+                Ok(n) if n > 0 && watch.expired().is_none() => conn.input.received(n),
+                _ => {
+                    if watch.expired() == Some(Expired::Head) {
+                        conn.out.clear();
+                        conn.encode_error(Route::Local, HttpError::Timeout, Persist::Close);
+                        if stream.write_all(&conn.out).await.is_ok() {
+                            conn.record(Instant::now());
+                            linger(stream).await;
+                        }
+                    }
+                    return;
+                }
             }
         }
         let started = Instant::now();
+        watch.enter(Phase::Busy, None);
         let round = conn.answer_ready_requests(started);
         more_ready = round.more_ready;
         conn.flush_queued().await;
-        if stream.write_all(&conn.out).await.is_err() {
-            return;
+        if !conn.out.is_empty() {
+            watch.enter(Phase::Writing, Some(started + limits.write_timeout));
+            if stream.write_all(&conn.out).await.is_err() {
+                return;
+            }
+            conn.out.clear();
         }
-        conn.out.clear();
-        conn.record(started);
+        let now = conn.record(started);
         if round.close {
-            linger(&mut stream).await;
+            linger(stream).await;
             return;
         }
+        if conn.input.is_empty() {
+            head_since = None;
+            watch.enter(Phase::Idle, Some(now + limits.idle_timeout));
+        } else if !more_ready {
+            let since = *head_since.get_or_insert(started);
+            watch.enter(Phase::Head, Some(since + limits.header_timeout));
+        }
+    }
+}
+
+/// Answers `503` and closes: the shard has as many connections as allowed.
+pub async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
+    let mut out = Vec::new();
+    let err = HttpError::TooManyConnections;
+    http::encode_error(&mut out, &shard.date(), Persist::Close, err);
+    shard.metrics.borrow_mut().counters.refused_connections += 1;
+    let write = async { stream.write_all(&out).await.map_err(Into::into) };
+    if glommio::timer::timeout(Duration::from_secs(1), write)
+        .await
+        .is_ok()
+    {
+        linger(&mut stream).await;
     }
 }
 
@@ -139,13 +271,20 @@ struct Round {
 
 impl Conn {
     /// Decodes and answers (or forwards) every complete request in the input,
-    /// up to [`MAX_PIPELINE`], and drops their bytes from the buffer.
+    /// up to the round's limits, and drops their bytes from the buffer.
     fn answer_ready_requests(&mut self, now: Instant) -> Round {
         let mut at = 0;
         let mut answered = 0;
         let mut close = false;
-        while answered < MAX_PIPELINE {
-            let Some(req) = http::decode(&self.input[at..self.filled], self.shard.limits) else {
+        let mut full = false;
+        loop {
+            if answered == self.limits.max_pipeline
+                || self.out.len() + self.staged.len() >= self.limits.max_unsent
+            {
+                full = true;
+                break;
+            }
+            let Some(req) = http::decode(&self.input.data()[at..], self.shard.limits) else {
                 break;
             };
             answered += 1;
@@ -156,11 +295,10 @@ impl Conn {
             }
             at += req.len;
         }
-        self.input.copy_within(at..self.filled, 0);
-        self.filled -= at;
+        self.input.consume(at);
         Round {
             close,
-            more_ready: !close && answered == MAX_PIPELINE,
+            more_ready: !close && full,
         }
     }
 
@@ -266,13 +404,15 @@ impl Conn {
         });
     }
 
-    /// Records this round's answers with its service time.
-    fn record(&mut self, started: Instant) {
-        let us = started.elapsed().as_micros() as u64;
+    /// Records this round's answers with its service time; returns now.
+    fn record(&mut self, started: Instant) -> Instant {
+        let now = Instant::now();
+        let us = now.saturating_duration_since(started).as_micros() as u64;
         let mut m = self.shard.metrics.borrow_mut();
         for (route, class) in self.answered.drain(..) {
             m.record(route, class, us);
         }
+        now
     }
 }
 

@@ -8,18 +8,40 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Largest request head (request line + headers) accepted: SPEC, `431` beyond.
+/// Default largest request head (request line + headers): SPEC, `431` beyond.
 pub const MAX_HEAD: usize = 8 * 1024;
-/// Largest body accepted (and discarded) on a GET: `413` beyond.
+/// Default largest request line: `414` beyond.
+pub const MAX_REQUEST_LINE: usize = 4 * 1024;
+/// Default largest body accepted (and discarded) on a GET: `413` beyond.
 pub const MAX_BODY: usize = 4 * 1024;
 /// Header lines parsed per request; more is treated like an oversized head.
 const MAX_HEADERS: usize = 64;
 
-/// Page-size rules from the command line.
+/// Request limits and page-size rules from the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SizeLimits {
+pub struct Limits {
     pub default_size: u16,
     pub max_size: u16,
+    pub max_head: usize,
+    pub max_request_line: usize,
+    pub max_body: usize,
+}
+
+impl Limits {
+    /// The SPEC's defaults.
+    pub const DEFAULT: Limits = Limits {
+        default_size: 10,
+        max_size: 100,
+        max_head: MAX_HEAD,
+        max_request_line: MAX_REQUEST_LINE,
+        max_body: MAX_BODY,
+    };
+
+    /// Bytes one request may take in a buffer: a head and a body at their
+    /// limits.
+    pub fn max_request(&self) -> usize {
+        self.max_head + self.max_body
+    }
 }
 
 /// What the client wants done with the connection after this answer.
@@ -63,14 +85,19 @@ pub enum HttpError {
     BadRequest(&'static str),
     NotFound,
     MethodNotAllowed,
-    BodyTooLarge,
+    BodyTooLarge(u32),
     UserId(IdProblem),
     Size(SizeProblem),
-    HeadTooLarge,
+    HeadTooLarge(u32),
+    UriTooLong(u32),
+    /// The request head did not arrive in time.
+    Timeout,
     /// Nothing can be served for this user (empty pool, feed used up).
     NothingToServe,
     /// A queue to another shard is full: try again.
     Overloaded,
+    /// The shard has as many connections as it may: try again later.
+    TooManyConnections,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +125,14 @@ impl HttpError {
             HttpError::BadRequest(_) => "400 Bad Request",
             HttpError::NotFound => "404 Not Found",
             HttpError::MethodNotAllowed => "405 Method Not Allowed",
-            HttpError::BodyTooLarge => "413 Content Too Large",
+            HttpError::Timeout => "408 Request Timeout",
+            HttpError::BodyTooLarge(_) => "413 Content Too Large",
+            HttpError::UriTooLong(_) => "414 URI Too Long",
             HttpError::UserId(_) | HttpError::Size(_) => "422 Unprocessable Content",
-            HttpError::HeadTooLarge => "431 Request Header Fields Too Large",
-            HttpError::NothingToServe | HttpError::Overloaded => "503 Service Unavailable",
+            HttpError::HeadTooLarge(_) => "431 Request Header Fields Too Large",
+            HttpError::NothingToServe | HttpError::Overloaded | HttpError::TooManyConnections => {
+                "503 Service Unavailable"
+            }
         }
     }
 
@@ -109,18 +140,36 @@ impl HttpError {
     pub fn closes(self) -> bool {
         matches!(
             self,
-            HttpError::BadRequest(_) | HttpError::BodyTooLarge | HttpError::HeadTooLarge
+            HttpError::BadRequest(_)
+                | HttpError::BodyTooLarge(_)
+                | HttpError::HeadTooLarge(_)
+                | HttpError::UriTooLong(_)
+                | HttpError::Timeout
+                | HttpError::TooManyConnections
         )
     }
 
     /// The message: static text, then an optional number. No message holds
     /// a quote or backslash, so it goes into JSON as it is.
-    fn message(self) -> (&'static str, Option<u16>) {
+    fn message(self) -> (&'static str, Option<u32>, &'static str) {
         let text = match self {
             HttpError::BadRequest(why) => why,
             HttpError::NotFound => "no such resource",
             HttpError::MethodNotAllowed => "method not allowed: use GET",
-            HttpError::BodyTooLarge => "request body too large (at most 4096 bytes on a GET)",
+            HttpError::Timeout => "the request head did not arrive in time",
+            HttpError::BodyTooLarge(max) => {
+                return (
+                    "request body too large: a GET may carry at most ",
+                    Some(max),
+                    " bytes",
+                )
+            }
+            HttpError::UriTooLong(max) => {
+                return ("request line too long: at most ", Some(max), " bytes")
+            }
+            HttpError::HeadTooLarge(max) => {
+                return ("request head too large: at most ", Some(max), " bytes")
+            }
             HttpError::UserId(IdProblem::Empty) => "user id is empty",
             HttpError::UserId(IdProblem::NotDecimal) => {
                 "user id must be a decimal number without sign"
@@ -128,20 +177,20 @@ impl HttpError {
             HttpError::UserId(IdProblem::TooLarge) => "user id is larger than 4294967295",
             HttpError::Size(SizeProblem::NotANumber) => "size must be a decimal number",
             HttpError::Size(SizeProblem::AboveMax(max)) => {
-                return ("size must be at most ", Some(max))
+                return ("size must be at most ", Some(max as u32), "")
             }
-            HttpError::HeadTooLarge => "request head too large (at most 8192 bytes)",
             HttpError::NothingToServe => "no items left to serve for this user",
             HttpError::Overloaded => "server busy: too many requests in flight, retry",
+            HttpError::TooManyConnections => "server busy: too many connections, retry later",
         };
-        (text, None)
+        (text, None, "")
     }
 
     /// A header this answer needs besides the usual ones.
     fn extra_header(self) -> &'static [u8] {
         match self {
             HttpError::MethodNotAllowed => b"Allow: GET\r\n",
-            HttpError::Overloaded => b"Retry-After: 1\r\n",
+            HttpError::Overloaded | HttpError::TooManyConnections => b"Retry-After: 1\r\n",
             _ => b"",
         }
     }
@@ -152,19 +201,24 @@ impl HttpError {
 /// `Ok(None)`: incomplete, read more. `Ok(Some(req))`: answer `req.action` and
 /// drop `req.len` bytes. An `Action::Fail` whose error `closes()` means: answer,
 /// then close without reading further (its `len` is then meaningless).
-pub fn decode(buf: &[u8], limits: SizeLimits) -> Option<Request> {
+pub fn decode(buf: &[u8], limits: Limits) -> Option<Request> {
+    let head_too_large = HttpError::HeadTooLarge(limits.max_head as u32);
+    let line_end = memchr::memchr(b'\n', &buf[..buf.len().min(limits.max_request_line + 1)]);
+    if line_end.is_none() && buf.len() > limits.max_request_line {
+        return Some(fail(HttpError::UriTooLong(limits.max_request_line as u32)));
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return None,
+        Ok(httparse::Status::Partial) if buf.len() < limits.max_head => return None,
         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Some(fail(HttpError::HeadTooLarge))
+            return Some(fail(head_too_large))
         }
         Err(_) => return Some(fail(HttpError::BadRequest("malformed request"))),
     };
-    if head_len > MAX_HEAD {
-        return Some(fail(HttpError::HeadTooLarge));
+    if head_len > limits.max_head {
+        return Some(fail(head_too_large));
     }
     if has_bare_lf(&buf[..head_len]) {
         return Some(fail(HttpError::BadRequest(
@@ -175,8 +229,8 @@ pub fn decode(buf: &[u8], limits: SizeLimits) -> Option<Request> {
         Ok(head) => head,
         Err(e) => return Some(fail(e)),
     };
-    if head.body_len > MAX_BODY {
-        return Some(fail(HttpError::BodyTooLarge));
+    if head.body_len > limits.max_body {
+        return Some(fail(HttpError::BodyTooLarge(limits.max_body as u32)));
     }
     let len = head_len + head.body_len;
     if buf.len() < len {
@@ -221,11 +275,13 @@ impl Head {
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
+                // Even identical repeats are refused: a proxy in front may
+                // have picked the other one (RFC 9112 6.3).
+                if body_len.is_some() {
+                    return Err(HttpError::BadRequest("more than one Content-Length header"));
+                }
                 let n = parse_content_length(h.value)
                     .ok_or(HttpError::BadRequest("invalid Content-Length"))?;
-                if body_len.is_some_and(|seen| seen != n) {
-                    return Err(HttpError::BadRequest("conflicting Content-Length headers"));
-                }
                 body_len = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // A GET has no use for a chunked body, and Transfer-Encoding
@@ -272,7 +328,7 @@ fn parse_content_length(v: &[u8]) -> Option<usize> {
 }
 
 /// Maps method and request target to an action.
-pub fn route(method: &str, target: &str, limits: SizeLimits) -> Action {
+pub fn route(method: &str, target: &str, limits: Limits) -> Action {
     let Some(target) = origin_form(target) else {
         return Action::Fail(HttpError::BadRequest("invalid request target"));
     };
@@ -321,7 +377,7 @@ fn origin_form(target: &str) -> Option<&str> {
     }
 }
 
-fn feed_action(id: &str, query: &str, limits: SizeLimits) -> Action {
+fn feed_action(id: &str, query: &str, limits: Limits) -> Action {
     let user = match parse_user_id(id) {
         Ok(user) => user,
         Err(p) => return Action::Fail(HttpError::UserId(p)),
@@ -353,7 +409,7 @@ pub fn parse_user_id(s: &str) -> Result<u32, IdProblem> {
     Ok(n as u32)
 }
 
-fn parse_size(s: &str, limits: SizeLimits) -> Result<u16, SizeProblem> {
+fn parse_size(s: &str, limits: Limits) -> Result<u16, SizeProblem> {
     if s.is_empty() || !s.bytes().all(|d| d.is_ascii_digit()) {
         return Err(SizeProblem::NotANumber);
     }
@@ -479,15 +535,16 @@ pub fn encode_error(out: &mut Vec<u8>, date: &HttpDate, persist: Persist, err: H
     } else {
         persist
     };
-    let (text, number) = err.message();
+    let (text, number, after) = err.message();
     let mut digits = itoa::Buffer::new();
     let number = number.map_or("", |n| digits.format(n));
-    let body_len = OPEN.len() + text.len() + number.len() + CLOSE.len();
+    let body_len = OPEN.len() + text.len() + number.len() + after.len() + CLOSE.len();
     let extra = err.extra_header();
     write_head(out, err.status(), date, JSON, persist, extra, body_len);
     out.extend_from_slice(OPEN);
     out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(number.as_bytes());
+    out.extend_from_slice(after.as_bytes());
     out.extend_from_slice(CLOSE);
 }
 
@@ -538,10 +595,7 @@ fn decimal_len(n: u32) -> usize {
 mod tests {
     use super::*;
 
-    const LIMITS: SizeLimits = SizeLimits {
-        default_size: 10,
-        max_size: 100,
-    };
+    const LIMITS: Limits = Limits::DEFAULT;
 
     fn get(target: &str) -> Vec<u8> {
         format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
@@ -675,6 +729,9 @@ mod tests {
     fn malformed_and_smuggling_requests_close_with_400() {
         let bad: &[&[u8]] = &[
             b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+            b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\na",
+            b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n",
             b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
             b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
             b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -706,7 +763,7 @@ mod tests {
         huge.resize(MAX_HEAD + 1, b'a');
         assert_eq!(
             decode(&huge, LIMITS).unwrap().action,
-            Action::Fail(HttpError::HeadTooLarge)
+            Action::Fail(HttpError::HeadTooLarge(8192))
         );
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for _ in 0..MAX_HEADERS + 1 {
@@ -715,12 +772,50 @@ mod tests {
         many.extend(b"\r\n");
         assert_eq!(
             decode(&many, LIMITS).unwrap().action,
-            Action::Fail(HttpError::HeadTooLarge)
+            Action::Fail(HttpError::HeadTooLarge(8192))
         );
         let body = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 4097\r\n\r\n";
         assert_eq!(
             decode(body, LIMITS).unwrap().action,
-            Action::Fail(HttpError::BodyTooLarge)
+            Action::Fail(HttpError::BodyTooLarge(4096))
+        );
+        // A request line over its limit is 414, complete or not.
+        let long = get(&format!("/feed/1?{}", "x".repeat(MAX_REQUEST_LINE)));
+        assert_eq!(
+            decode(&long, LIMITS).unwrap().action,
+            Action::Fail(HttpError::UriTooLong(4096))
+        );
+        assert_eq!(
+            decode(&long[..MAX_REQUEST_LINE + 1], LIMITS)
+                .unwrap()
+                .action,
+            Action::Fail(HttpError::UriTooLong(4096))
+        );
+        assert_eq!(decode(&long[..MAX_REQUEST_LINE], LIMITS), None);
+        // Smaller configured limits apply.
+        let small = Limits {
+            max_head: 100,
+            max_body: 3,
+            ..LIMITS
+        };
+        let body = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(
+            decode(body, small).unwrap().action,
+            Action::Fail(HttpError::BodyTooLarge(3))
+        );
+        let mut head = get("/feed/1");
+        let after_line = head.iter().position(|&b| b == b'\n').unwrap() + 1;
+        head.splice(
+            after_line..after_line,
+            b"X-Pad: "
+                .iter()
+                .chain([b'p'; 90].iter())
+                .chain(b"\r\n")
+                .copied(),
+        );
+        assert_eq!(
+            decode(&head, small).unwrap().action,
+            Action::Fail(HttpError::HeadTooLarge(100))
         );
     }
 
@@ -797,16 +892,19 @@ mod tests {
             HttpError::BadRequest("malformed request"),
             HttpError::NotFound,
             HttpError::MethodNotAllowed,
-            HttpError::BodyTooLarge,
+            HttpError::BodyTooLarge(4096),
+            HttpError::UriTooLong(4096),
+            HttpError::Timeout,
             HttpError::UserId(IdProblem::Empty),
             HttpError::UserId(IdProblem::NotDecimal),
             HttpError::UserId(IdProblem::TooLarge),
             HttpError::Size(SizeProblem::NotANumber),
             HttpError::Size(SizeProblem::AboveMax(7)),
             HttpError::Size(SizeProblem::AboveMax(10000)),
-            HttpError::HeadTooLarge,
+            HttpError::HeadTooLarge(8192),
             HttpError::NothingToServe,
             HttpError::Overloaded,
+            HttpError::TooManyConnections,
         ];
         for persist in [
             Persist::KeepAlive,

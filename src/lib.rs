@@ -6,7 +6,8 @@
 //! - [`http`]: bytes to requests and answers to bytes (httparse, itoa). Knows no shards.
 //! - [`shard`]: ownership (`owner_of`), cross-core channels, forwarding. Knows no bytes.
 //! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics` and summary rendering.
-//! - [`conn`]: one client connection: read, answer in order, write.
+//! - [`conn`]: one client connection: read, answer in order, write; its bounds.
+//! - [`watchdog`]: connection deadlines (slow head, idle, stuck write) without per-request timers.
 //! - [`server`]: start-up (bind, load, executors) and supervision.
 //! - [`histlog`]: the HdrHistogram interval log (writer thread, reader).
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs).
@@ -26,3 +27,4 @@ pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod shard;
+pub mod watchdog;

@@ -53,6 +53,10 @@ pub struct Counters {
     /// `503` because a queue to another shard (or the in-flight table) was full.
     pub queue_full: u64,
     pub connections_accepted: u64,
+    /// Connections answered `503` and closed at the connection limit.
+    pub refused_connections: u64,
+    /// Connections closed by a deadline (slow head, idle, stuck write).
+    pub timed_out_connections: u64,
     pub open_connections: u64,
 }
 
@@ -65,6 +69,8 @@ impl Counters {
         self.forwarded_in += o.forwarded_in;
         self.queue_full += o.queue_full;
         self.connections_accepted += o.connections_accepted;
+        self.refused_connections += o.refused_connections;
+        self.timed_out_connections += o.timed_out_connections;
         self.open_connections += o.open_connections;
     }
 
@@ -230,7 +236,8 @@ fn snapshot_json(out: &mut String, s: &Snapshot) {
          \"forwarded_out\":{},\"forwarded_in\":{},\"queue_full\":{},\
          \"personalized_items\":{},\"fallback_items\":{},\"unknown_users\":{},\
          \"exhausted_users\":{},\"nothing_to_serve\":{},\
-         \"connections_accepted\":{},\"open_connections\":{}}}",
+         \"connections_accepted\":{},\"refused_connections\":{},\
+         \"timed_out_connections\":{},\"open_connections\":{}}}",
         c.requests(),
         c.requests_2xx,
         c.requests_4xx,
@@ -244,6 +251,8 @@ fn snapshot_json(out: &mut String, s: &Snapshot) {
         st.exhausted_users,
         st.nothing_to_serve,
         c.connections_accepted,
+        c.refused_connections,
+        c.timed_out_connections,
         c.open_connections,
     );
 }
@@ -360,6 +369,18 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
         "connections_accepted_total",
         "Connections accepted.",
         &|s| s.counters.connections_accepted,
+    );
+    counter(
+        &mut out,
+        "refused_connections_total",
+        "Connections answered 503 at the per-shard connection limit.",
+        &|s| s.counters.refused_connections,
+    );
+    counter(
+        &mut out,
+        "timed_out_connections_total",
+        "Connections closed by a deadline: slow request head, idle, stuck write.",
+        &|s| s.counters.timed_out_connections,
     );
     let _ = writeln!(
         out,

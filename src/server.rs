@@ -24,13 +24,15 @@ use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::conn::{self, ConnLimits, Conns};
 use crate::data::{self, LoadError, Synthetic, POOL_SAMPLE_ITEMS};
 use crate::feed::{Pool, Store, StoreBuilder};
 use crate::histlog::{HistogramLog, Interval};
-use crate::http::SizeLimits;
+use crate::host;
+use crate::http::Limits;
 use crate::metrics::{self, ShardMetrics, Snapshot};
 use crate::shard::{self, owner_of, Shard, ShardId};
-use crate::{conn, host};
+use crate::watchdog::Registry;
 
 /// Memory each executor registers with its io_uring rings (x3 rings). A
 /// network server does no file DMA, so a small amount keeps the locked-memory
@@ -39,6 +41,9 @@ const IO_MEMORY: usize = 128 * 1024;
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often a shard looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often a shard checks its connections' deadlines: timeouts fire up to
+/// this much late.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// Where the feeds come from.
 #[derive(Debug, Clone)]
@@ -55,7 +60,9 @@ pub struct ServeConfig {
     pub source: Source,
     pub fallback: Option<PathBuf>,
     pub fallback_size: usize,
-    pub limits: SizeLimits,
+    pub limits: Limits,
+    pub conn_limits: ConnLimits,
+    pub max_in_flight: usize,
     pub histogram_log: Option<PathBuf>,
     pub histogram_interval: Duration,
     pub log_interval: Option<Duration>,
@@ -105,8 +112,16 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
                 let metrics = ShardMetrics::new(log.is_some());
-                let shard =
-                    shard::start(ShardId(i), shards, store, config.limits, metrics, links).await;
+                let shard = shard::start(
+                    ShardId(i),
+                    shards,
+                    store,
+                    config.limits,
+                    config.max_in_flight,
+                    metrics,
+                    links,
+                )
+                .await;
                 // SAFETY: the descriptor comes from a listening socket we own.
                 let listener =
                     unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -207,7 +222,13 @@ async fn run_shard(
     events: mpsc::Sender<Event>,
 ) {
     use glommio::spawn_local;
-    spawn_local(watch_stop_flag(shard.clone(), stop)).detach();
+    let conns = Rc::new(Conns {
+        shard: shard.clone(),
+        registry: Rc::new(Registry::default()),
+        limits: config.conn_limits,
+    });
+    spawn_local(sweep_deadlines(conns.registry.clone())).detach();
+    spawn_local(watch_stop_flag(conns.clone(), stop)).detach();
     // The log sender is shared with the interval task and taken back at the
     // end, so that the writer thread sees every sender go.
     let log = Rc::new(RefCell::new(log.map(|tx| (tx, SystemTime::now()))));
@@ -221,7 +242,7 @@ async fn run_shard(
     let _ = events.send(Event::Ready);
 
     let gate = Gate::new();
-    accept_loop(&listener, &shard, &gate).await;
+    accept_loop(&listener, &conns, &gate).await;
     drop(listener);
     let drain = gate.close();
     let _ = glommio::timer::timeout(config.shutdown_timeout, drain).await;
@@ -234,7 +255,8 @@ async fn run_shard(
     std::future::pending::<()>().await
 }
 
-async fn accept_loop(listener: &glommio::net::TcpListener, shard: &Rc<Shard>, gate: &Gate) {
+async fn accept_loop(listener: &glommio::net::TcpListener, conns: &Rc<Conns>, gate: &Gate) {
+    let shard = &conns.shard;
     loop {
         let accept = async { Some(listener.accept().await) };
         let stop = async {
@@ -246,7 +268,12 @@ async fn accept_loop(listener: &glommio::net::TcpListener, shard: &Rc<Shard>, ga
         };
         match accepted {
             Ok(stream) => {
-                if let Ok(task) = gate.spawn(conn::serve(stream, shard.clone())) {
+                let task = if conns.registry.open() < conns.limits.max_connections {
+                    gate.spawn(conn::serve(stream, conns.clone()))
+                } else {
+                    gate.spawn(conn::refuse(stream, shard.clone()))
+                };
+                if let Ok(task) = task {
                     task.detach();
                 }
             }
@@ -266,13 +293,22 @@ async fn accept_loop(listener: &glommio::net::TcpListener, shard: &Rc<Shard>, ga
     }
 }
 
+/// Wakes the connections that are past their deadline, a few times a second.
+async fn sweep_deadlines(registry: Rc<Registry>) {
+    loop {
+        glommio::timer::sleep(SWEEP_EVERY).await;
+        registry.sweep(Instant::now());
+    }
+}
+
 /// Turns the process-wide stop flag (set by the main thread on a signal)
 /// into this shard's shutdown.
-async fn watch_stop_flag(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+async fn watch_stop_flag(conns: Rc<Conns>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
     }
-    shard.begin_shutdown();
+    conns.shard.begin_shutdown();
+    conns.registry.close_idle();
 }
 
 type LogSlot = Rc<RefCell<Option<(mpsc::Sender<Interval>, SystemTime)>>>;

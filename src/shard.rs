@@ -31,7 +31,7 @@ use glommio::{GlommioError, ResourceType};
 
 use crate::data::mix64;
 use crate::feed::{PageError, Store};
-use crate::http::{HttpDate, SizeLimits};
+use crate::http::{HttpDate, Limits};
 use crate::metrics::{ShardMetrics, Snapshot};
 
 /// Requests queued to one peer before `503`.
@@ -39,7 +39,7 @@ pub const REQUEST_QUEUE: usize = 1024;
 /// Replies queued back from one peer. Larger than the request queue so that
 /// an owner rarely waits for the origin to drain replies.
 pub const REPLY_QUEUE: usize = 4096;
-/// Forwarded requests awaiting an answer, per shard, before `503`.
+/// Default forwarded requests awaiting an answer, per shard, before `503`.
 pub const MAX_IN_FLIGHT: usize = 4096;
 /// Page buffers kept for reuse per shard.
 const PAGE_FREE_LIST: usize = 4096;
@@ -133,7 +133,7 @@ type PageResult = Result<Vec<u32>, Unserved>;
 pub struct Shard {
     pub id: ShardId,
     shards: usize,
-    pub limits: SizeLimits,
+    pub limits: Limits,
     store: RefCell<Store>,
     date: Cell<HttpDate>,
     /// `to_peer[p]`: request channel to shard p (`None` for ourselves).
@@ -344,10 +344,11 @@ impl Drop for Ticket {
 }
 
 /// The origin's table of forwarded requests awaiting their reply.
-#[derive(Default)]
 struct Tickets {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Most requests in flight at once.
+    capacity: usize,
 }
 
 struct Slot {
@@ -364,10 +365,18 @@ enum SlotState {
 }
 
 impl Tickets {
+    fn new(capacity: usize) -> Tickets {
+        Tickets {
+            slots: Vec::new(),
+            free: Vec::new(),
+            capacity,
+        }
+    }
+
     fn open(&mut self) -> Option<Token> {
         let slot = match self.free.pop() {
             Some(slot) => slot,
-            None if self.slots.len() < MAX_IN_FLIGHT => {
+            None if self.slots.len() < self.capacity => {
                 self.slots.push(Slot {
                     generation: 0,
                     state: SlotState::Free,
@@ -534,7 +543,8 @@ pub async fn start(
     id: ShardId,
     shards: usize,
     store: Store,
-    limits: SizeLimits,
+    limits: Limits,
+    max_in_flight: usize,
     metrics: ShardMetrics,
     links: Links,
 ) -> Rc<Shard> {
@@ -548,7 +558,7 @@ pub async fn start(
         store: RefCell::new(store),
         date: Cell::new(HttpDate::now()),
         to_peer: pages.requests_to,
-        tickets: RefCell::new(Tickets::default()),
+        tickets: RefCell::new(Tickets::new(max_in_flight)),
         free_pages: RefCell::new(Vec::new()),
         metrics: RefCell::new(metrics),
         control_to: control.requests_to,
@@ -670,7 +680,7 @@ mod tests {
 
     #[test]
     fn tickets_complete_abandon_and_reuse() {
-        let mut t = Tickets::default();
+        let mut t = Tickets::new(MAX_IN_FLIGHT);
         let a = t.open().unwrap();
         let b = t.open().unwrap();
         assert_ne!(a, b);
@@ -697,7 +707,7 @@ mod tests {
 
     #[test]
     fn in_flight_is_bounded() {
-        let mut t = Tickets::default();
+        let mut t = Tickets::new(MAX_IN_FLIGHT);
         let tokens: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| t.open().unwrap()).collect();
         assert!(t.open().is_none());
         t.cancel(tokens[7]);
