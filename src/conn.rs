@@ -27,7 +27,7 @@ use glommio::net::TcpStream;
 use crate::http::{self, Action, HttpError, Persist, Request};
 use crate::metrics::{self, Class, Route};
 use crate::shard::{Pending, Shard, Ticket, Unserved};
-use crate::watchdog::{Expired, Phase, Registry, Watch};
+use crate::watchdog::{Expired, Phase, Registration, Registry, Watch};
 
 /// Initial read buffer: a typical request is a few hundred bytes, and
 /// thousands of idle connections should not cost a large buffer each.
@@ -156,20 +156,31 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Takes a newly accepted connection: registers it with the watchdog at
+/// once (so that the connection limit counts it), then serves it in its own
+/// task, or answers `503` if the shard is full.
+pub fn accept(stream: TcpStream, conns: &Rc<Conns>, gate: &glommio::sync::Gate) {
+    let task = if conns.registry.open() < conns.limits.max_connections {
+        let idle_deadline = Instant::now() + conns.limits.idle_timeout;
+        let watch = conns.registry.register(stream.as_raw_fd(), idle_deadline);
+        gate.spawn(serve(stream, conns.shard.clone(), conns.limits, watch))
+    } else {
+        gate.spawn(refuse(stream, conns.shard.clone()))
+    };
+    if let Ok(task) = task {
+        task.detach();
+    }
+}
+
 /// Serves one connection until the client closes it, an error, a request
 /// that ends it, a deadline, or shutdown while it is idle.
-pub async fn serve(mut stream: TcpStream, conns: Rc<Conns>) {
-    let shard = conns.shard.clone();
-    let limits = conns.limits;
+async fn serve(mut stream: TcpStream, shard: Rc<Shard>, limits: ConnLimits, watch: Registration) {
     {
         let mut m = shard.metrics.borrow_mut();
         m.counters.connections_accepted += 1;
         m.counters.open_connections += 1;
     }
     let _open = OpenConnection(shard.clone());
-    let watch = conns
-        .registry
-        .register(stream.as_raw_fd(), Instant::now() + limits.idle_timeout);
     // Answers are written whole, so Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
@@ -247,7 +258,7 @@ async fn run(stream: &mut TcpStream, conn: &mut Conn, watch: &Watch) {
 }
 
 /// Answers `503` and closes: the shard has as many connections as allowed.
-pub async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
+async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut out = Vec::new();
     let err = HttpError::TooManyConnections;
     http::encode_error(&mut out, &shard.date(), Persist::Close, err);

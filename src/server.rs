@@ -267,16 +267,7 @@ async fn accept_loop(listener: &glommio::net::TcpListener, conns: &Rc<Conns>, ga
             return;
         };
         match accepted {
-            Ok(stream) => {
-                let task = if conns.registry.open() < conns.limits.max_connections {
-                    gate.spawn(conn::serve(stream, conns.clone()))
-                } else {
-                    gate.spawn(conn::refuse(stream, shard.clone()))
-                };
-                if let Ok(task) = task {
-                    task.detach();
-                }
-            }
+            Ok(stream) => conn::accept(stream, conns, gate),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning;
                 // anything else (an aborted handshake) concerns one client.
