@@ -223,7 +223,7 @@ async fn run(stream: &mut TcpStream, conn: &mut Conn, watch: &Watch) {
                         conn.encode_error(Route::Local, HttpError::Timeout, Persist::Close);
                         if stream.write_all(&conn.out).await.is_ok() {
                             conn.record(Instant::now());
-                            linger(stream).await;
+                            linger(stream, conn.input.spare()).await;
                         }
                     }
                     return;
@@ -244,7 +244,7 @@ async fn run(stream: &mut TcpStream, conn: &mut Conn, watch: &Watch) {
         }
         let now = conn.record(started);
         if round.close {
-            linger(stream).await;
+            linger(stream, conn.input.spare()).await;
             return;
         }
         if conn.input.is_empty() {
@@ -268,7 +268,8 @@ async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
         .await
         .is_ok()
     {
-        linger(&mut stream).await;
+        out.resize(1024, 0);
+        linger(&mut stream, &mut out).await;
     }
 }
 
@@ -389,7 +390,9 @@ impl Conn {
                     let result = ticket.await;
                     self.encode_page(Route::Forwarded, result, persist);
                 }
-                Queued::Report(report, persist) => self.report(report, persist).await,
+                // Boxed: its state would otherwise make every connection's
+                // task larger, for a request that is rare.
+                Queued::Report(report, persist) => Box::pin(self.report(report, persist)).await,
             }
         }
         self.queued = queued;
@@ -430,15 +433,17 @@ impl Conn {
 /// Half-closes, then reads and discards for a moment before the socket is
 /// dropped, so that the client receives the last answer instead of a reset.
 /// Bounded in time and bytes whatever the client does.
-async fn linger(stream: &mut TcpStream) {
+///
+/// `sink` is any scratch buffer (the connection's own input buffer): a
+/// buffer here would make every connection's task larger.
+async fn linger(stream: &mut TcpStream, sink: &mut [u8]) {
     if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
         return;
     }
     let drain = async {
-        let mut sink = [0u8; 4096];
         let mut drained = 0;
         while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await {
+            match stream.read(sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => drained += n,
             }

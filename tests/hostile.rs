@@ -106,7 +106,10 @@ fn slowloris_gets_408_at_the_header_deadline() {
         answers.push(text);
     }
     for text in &answers {
-        assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text:?}");
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text:?}"
+        );
         assert!(text.contains("Connection: close"));
     }
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -132,12 +135,18 @@ fn pipeliner_that_never_reads_is_bounded_and_cut_off() {
             Err(_) => break,
         }
     }
-    assert!(sent < 100 << 20, "the server kept reading a client that never reads");
+    assert!(
+        sent < 100 << 20,
+        "the server kept reading a client that never reads"
+    );
     still_serves(&s, baseline);
     // The write deadline closes it (the sweeper runs every 250 ms).
     let deadline = Instant::now() + Duration::from_secs(6);
     while stat(&s, "timed_out_connections") == 0 {
-        assert!(Instant::now() < deadline, "the stuck writer was never cut off");
+        assert!(
+            Instant::now() < deadline,
+            "the stuck writer was never cut off"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     still_serves(&s, baseline);
@@ -158,7 +167,10 @@ fn thousands_of_idle_connections_then_the_idle_deadline() {
     // All of them go at the idle deadline, with no answer.
     let deadline = Instant::now() + Duration::from_secs(8);
     while stat(&s, "open_connections") > 1 {
-        assert!(Instant::now() < deadline, "idle connections were not closed");
+        assert!(
+            Instant::now() < deadline,
+            "idle connections were not closed"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     for mut c in idle.into_iter().step_by(100) {
