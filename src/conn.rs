@@ -1,10 +1,5 @@
-//! One client connection: read, answer every complete request in order,
-//! write all answers at once, repeat.
-//!
-//! Pipelining comes for free from that loop. A forwarded request (or a
-//! `/stats` gathering) is awaited only when its turn comes to be written;
-//! answers that are ready before it are staged, so answers always leave in
-//! request order.
+//! One client connection on its socket: read, answer (see `answer.rs`),
+//! write, repeat, within deadlines and bounds.
 //!
 //! Bounds: a round answers at most `max_pipeline` requests or `max_unsent`
 //! bytes of answers, then writes them all before reading again, so a client
@@ -16,7 +11,6 @@
 //! answers have been handed to the socket; every request of the round is
 //! recorded with that service time.
 
-use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -24,14 +18,12 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::http::{self, Action, HttpError, Persist, Request};
+use crate::answer::{Answers, Backend, Report};
+use crate::http::{self, HttpDate, HttpError, Limits, Persist};
 use crate::metrics::{self, Class, Route};
-use crate::shard::{Pending, Shard, Ticket, Unserved};
+use crate::shard::{Pending, Shard, Ticket};
 use crate::watchdog::{Expired, Phase, Registration, Registry, Watch};
 
-/// Initial read buffer: a typical request is a few hundred bytes, and
-/// thousands of idle connections should not cost a large buffer each.
-const INITIAL_INPUT: usize = 2 * 1024;
 /// After the last answer on a connection we close, how long to keep reading
 /// (and discarding) what the client still sends, so that unread bytes do not
 /// make the kernel reset the connection and destroy the answer.
@@ -73,80 +65,6 @@ pub struct Conns {
     pub limits: ConnLimits,
 }
 
-/// A connection's read buffer: `buf[..filled]` is received, unanswered
-/// input. Grows (never beyond `max`) only when a request does not fit.
-pub struct Input {
-    buf: Vec<u8>,
-    filled: usize,
-    max: usize,
-}
-
-impl Input {
-    /// `max` must hold one largest request plus one byte, so that a full
-    /// buffer always holds something [`http::decode`] decides on.
-    pub fn new(max: usize) -> Input {
-        Input {
-            buf: vec![0; INITIAL_INPUT.min(max)],
-            filled: 0,
-            max,
-        }
-    }
-
-    /// Room to read into (never empty).
-    pub fn spare(&mut self) -> &mut [u8] {
-        if self.filled == self.buf.len() {
-            let grown = (self.buf.len() * 2).min(self.max);
-            assert!(grown > self.buf.len(), "a full input buffer is decodable");
-            self.buf.resize(grown, 0);
-        }
-        &mut self.buf[self.filled..]
-    }
-
-    pub fn received(&mut self, n: usize) {
-        self.filled += n;
-    }
-
-    pub fn data(&self) -> &[u8] {
-        &self.buf[..self.filled]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.filled == 0
-    }
-
-    /// Drops the first `n` bytes.
-    pub fn consume(&mut self, n: usize) {
-        self.buf.copy_within(n..self.filled, 0);
-        self.filled -= n;
-    }
-}
-
-/// An answer not yet written: encoded bytes in `staged`, or one that must be
-/// waited for.
-enum Queued {
-    Bytes(Range<usize>),
-    Forwarded(Ticket, Persist),
-    Report(Report, Persist),
-}
-
-#[derive(Clone, Copy)]
-enum Report {
-    Stats,
-    Metrics,
-}
-
-/// Per-connection buffers, allocated once per connection.
-struct Conn {
-    shard: Rc<Shard>,
-    limits: ConnLimits,
-    input: Input,
-    out: Vec<u8>,
-    staged: Vec<u8>,
-    queued: Vec<Queued>,
-    /// Route and status class of every answer of this round, for metrics.
-    answered: Vec<(Route, Class)>,
-}
-
 /// Keeps the open-connections gauge right however the connection ends.
 struct OpenConnection(Rc<Shard>);
 
@@ -183,36 +101,29 @@ async fn serve(mut stream: TcpStream, shard: Rc<Shard>, limits: ConnLimits, watc
     let _open = OpenConnection(shard.clone());
     // Answers are written whole, so Nagle would only delay them.
     let _ = stream.set_nodelay(true);
-    let mut conn = Conn {
-        input: Input::new(shard.limits.max_request() + 1),
-        shard,
-        limits,
-        out: Vec::new(),
-        staged: Vec::new(),
-        queued: Vec::new(),
-        answered: Vec::new(),
-    };
-    run(&mut stream, &mut conn, &watch).await;
+    let mut conn = Answers::new(shard, limits.max_pipeline, limits.max_unsent);
+    run(&mut stream, &mut conn, &watch, limits).await;
     if matches!(
         watch.expired(),
         Some(Expired::Idle | Expired::Head | Expired::Write)
     ) {
-        conn.shard
-            .metrics
-            .borrow_mut()
-            .counters
-            .timed_out_connections += 1;
+        let mut m = conn.backend.metrics.borrow_mut();
+        m.counters.timed_out_connections += 1;
     }
 }
 
 /// The connection's read-answer-write loop.
-async fn run(stream: &mut TcpStream, conn: &mut Conn, watch: &Watch) {
-    let limits = conn.limits;
+async fn run(
+    stream: &mut TcpStream,
+    conn: &mut Answers<Rc<Shard>>,
+    watch: &Watch,
+    limits: ConnLimits,
+) {
     let mut more_ready = false;
     let mut head_since: Option<Instant> = None;
     loop {
         if !more_ready {
-            if conn.input.is_empty() && conn.shard.shutting_down() {
+            if conn.input.is_empty() && conn.backend.shutting_down() {
                 return;
             }
             match stream.read(conn.input.spare()).await {
@@ -257,6 +168,47 @@ async fn run(stream: &mut TcpStream, conn: &mut Conn, watch: &Watch) {
     }
 }
 
+/// The real backend: a shard, forwarding to the others.
+impl Backend for Rc<Shard> {
+    type Forwarded = Ticket;
+
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn date(&self) -> HttpDate {
+        Shard::date(self)
+    }
+
+    #[inline]
+    fn page(&self, user: u32, size: u16, now: Instant) -> Pending<Ticket> {
+        Shard::page(self, user, size, now)
+    }
+
+    fn recycle(&self, page: Vec<u32>) {
+        Shard::recycle(self, page)
+    }
+
+    fn record(&self, answered: &[(Route, Class)], us: u64) {
+        let mut m = self.metrics.borrow_mut();
+        for &(route, class) in answered {
+            m.record(route, class, us);
+        }
+    }
+
+    /// Gathers every shard's snapshot over the control channels.
+    async fn report(&self, report: Report) -> Option<(&'static str, String)> {
+        let snapshots = self.snapshots().await.ok()?;
+        Some(match report {
+            Report::Stats => ("application/json", metrics::stats_json(&snapshots)),
+            Report::Metrics => (
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::prometheus_text(&snapshots),
+            ),
+        })
+    }
+}
+
 /// Answers `503` and closes: the shard has as many connections as allowed.
 async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut out = Vec::new();
@@ -270,163 +222,6 @@ async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
     {
         out.resize(1024, 0);
         linger(&mut stream, &mut out).await;
-    }
-}
-
-/// What one round of answering found.
-struct Round {
-    /// The connection must close after these answers.
-    close: bool,
-    /// Complete requests are still waiting in the buffer.
-    more_ready: bool,
-}
-
-impl Conn {
-    /// Decodes and answers (or forwards) every complete request in the input,
-    /// up to the round's limits, and drops their bytes from the buffer.
-    fn answer_ready_requests(&mut self, now: Instant) -> Round {
-        let mut at = 0;
-        let mut answered = 0;
-        let mut close = false;
-        let mut full = false;
-        loop {
-            if answered == self.limits.max_pipeline
-                || self.out.len() + self.staged.len() >= self.limits.max_unsent
-            {
-                full = true;
-                break;
-            }
-            let Some(req) = http::decode(&self.input.data()[at..], self.shard.limits) else {
-                break;
-            };
-            answered += 1;
-            self.answer(req, now);
-            if req.persist == Persist::Close {
-                close = true;
-                break;
-            }
-            at += req.len;
-        }
-        self.input.consume(at);
-        Round {
-            close,
-            more_ready: !close && full,
-        }
-    }
-
-    fn answer(&mut self, req: Request, now: Instant) {
-        let persist = req.persist;
-        let (user, size) = match req.action {
-            Action::Feed { user, size } => (user, size),
-            Action::Health => {
-                return self.encode(Route::Local, Class::Success, |out, date| {
-                    http::encode_health(out, date, persist)
-                })
-            }
-            Action::Stats => return self.queued.push(Queued::Report(Report::Stats, persist)),
-            Action::Metrics => return self.queued.push(Queued::Report(Report::Metrics, persist)),
-            Action::Fail(err) => return self.encode_error(Route::Local, err, persist),
-        };
-        match self.shard.page(user, size, now) {
-            Pending::Ready(result) => self.encode_page(Route::Local, result, persist),
-            Pending::Forwarded(ticket) => self.queued.push(Queued::Forwarded(ticket, persist)),
-        }
-    }
-
-    fn encode_page(&mut self, route: Route, result: Result<Vec<u32>, Unserved>, persist: Persist) {
-        match result {
-            Ok(page) => {
-                self.encode(route, Class::Success, |out, date| {
-                    http::encode_page(out, date, persist, &page)
-                });
-                self.shard.recycle(page);
-            }
-            Err(Unserved::NothingToServe) => {
-                self.encode_error(route, HttpError::NothingToServe, persist)
-            }
-            Err(Unserved::Overloaded) => self.encode_error(route, HttpError::Overloaded, persist),
-        }
-    }
-
-    #[cold]
-    fn encode_error(&mut self, route: Route, err: HttpError, persist: Persist) {
-        let class = if err.code() >= 500 {
-            Class::ServerError
-        } else {
-            Class::ClientError
-        };
-        self.encode(route, class, |out, date| {
-            http::encode_error(out, date, persist, err)
-        });
-    }
-
-    /// Encodes an answer that is ready: straight into the output if nothing
-    /// before it is still waiting, else into the staging buffer.
-    fn encode(
-        &mut self,
-        route: Route,
-        class: Class,
-        f: impl FnOnce(&mut Vec<u8>, &http::HttpDate),
-    ) {
-        self.answered.push((route, class));
-        let date = self.shard.date();
-        if self.queued.is_empty() {
-            f(&mut self.out, &date);
-        } else {
-            let start = self.staged.len();
-            f(&mut self.staged, &date);
-            self.queued.push(Queued::Bytes(start..self.staged.len()));
-        }
-    }
-
-    /// Writes the queued answers into the output in request order, waiting
-    /// for the ones that need it as their turn comes.
-    async fn flush_queued(&mut self) {
-        let mut queued = std::mem::take(&mut self.queued);
-        for q in queued.drain(..) {
-            match q {
-                Queued::Bytes(range) => self.out.extend_from_slice(&self.staged[range]),
-                Queued::Forwarded(ticket, persist) => {
-                    let result = ticket.await;
-                    self.encode_page(Route::Forwarded, result, persist);
-                }
-                // Boxed: its state would otherwise make every connection's
-                // task larger, for a request that is rare.
-                Queued::Report(report, persist) => Box::pin(self.report(report, persist)).await,
-            }
-        }
-        self.queued = queued;
-        self.staged.clear();
-    }
-
-    /// `/stats` or `/metrics`: gathers every shard's snapshot. Allocates;
-    /// it is not on the feed path.
-    async fn report(&mut self, report: Report, persist: Persist) {
-        let snapshots = match self.shard.snapshots().await {
-            Ok(s) => s,
-            Err(_) => return self.encode_error(Route::Local, HttpError::Overloaded, persist),
-        };
-        let (content_type, body) = match report {
-            Report::Stats => ("application/json", metrics::stats_json(&snapshots)),
-            Report::Metrics => (
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::prometheus_text(&snapshots),
-            ),
-        };
-        self.encode(Route::Local, Class::Success, |out, date| {
-            http::encode_body(out, date, persist, content_type, body.as_bytes())
-        });
-    }
-
-    /// Records this round's answers with its service time; returns now.
-    fn record(&mut self, started: Instant) -> Instant {
-        let now = Instant::now();
-        let us = now.saturating_duration_since(started).as_micros() as u64;
-        let mut m = self.shard.metrics.borrow_mut();
-        for (route, class) in self.answered.drain(..) {
-            m.record(route, class, us);
-        }
-        now
     }
 }
 

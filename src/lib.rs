@@ -6,7 +6,8 @@
 //! - [`http`]: bytes to requests and answers to bytes (httparse, itoa). Knows no shards.
 //! - [`shard`]: ownership (`owner_of`), cross-core channels, forwarding. Knows no bytes.
 //! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics` and summary rendering.
-//! - [`conn`]: one client connection: read, answer in order, write; its bounds.
+//! - [`answer`]: the socket-free answer loop: decode, answer or forward, keep order.
+//! - [`conn`]: one client connection on its socket: read, answer, write; deadlines, bounds.
 //! - [`watchdog`]: connection deadlines (slow head, idle, stuck write) without per-request timers.
 //! - [`server`]: start-up (bind, load, executors) and supervision.
 //! - [`histlog`]: the HdrHistogram interval log (writer thread, reader).
@@ -17,6 +18,7 @@
 //! `feed::PageError`, `shard::Unserved`); start-up code returns a `String`
 //! that tells the operator what to change, printed once by `main`.
 
+pub mod answer;
 pub mod cli;
 pub mod conn;
 pub mod data;

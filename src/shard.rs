@@ -154,9 +154,9 @@ pub struct Shard {
 }
 
 /// A page that is either ready or on its way back from the owner.
-pub enum Pending {
+pub enum Pending<F = Ticket> {
     Ready(PageResult),
-    Forwarded(Ticket),
+    Forwarded(F),
 }
 
 impl Shard {
