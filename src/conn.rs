@@ -47,17 +47,6 @@ pub struct ConnLimits {
     pub max_unsent: usize,
 }
 
-impl ConnLimits {
-    pub const DEFAULT: ConnLimits = ConnLimits {
-        header_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        write_timeout: Duration::from_secs(30),
-        max_connections: 10_000,
-        max_pipeline: 128,
-        max_unsent: 256 * 1024,
-    };
-}
-
 /// What the connections of one shard share.
 pub struct Conns {
     pub shard: Rc<Shard>,

@@ -81,8 +81,9 @@ enum Event {
 /// Runs the server until a signal stops it (`Ok`) or it cannot start or a
 /// shard fails (`Err`).
 pub fn serve(config: ServeConfig) -> Result<(), String> {
-    host::check_io_uring()?;
+    // The limit first: a too-low limit also makes io_uring fail, less clearly.
     host::check_memlock()?;
+    host::check_io_uring()?;
     host::raise_nofile_limit();
     // Before any thread starts, so that every thread inherits the mask and
     // only the signal thread receives SIGINT and SIGTERM.

@@ -121,3 +121,70 @@ fn gen_writes_a_feed_file() {
         assert_eq!(items.split(',').count(), 4);
     }
 }
+
+/// As an unprivileged user (no CAP_IPC_LOCK), `ulimit -l` is enforced: 512
+/// KiB is enough for 2 shards, less fails at start with a message naming it.
+/// As root, drops to `nobody` with setpriv; otherwise runs as the user it is.
+#[test]
+fn unprivileged_user_with_a_small_locked_memory_limit() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // `nobody` may not reach the build directory: run a copy from /tmp.
+    let dir = TempDir::new("nobody");
+    let bin = dir.0.join("shardfeed");
+    std::fs::copy(BIN, &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run_as = |limit: u32, args: &[&str]| -> std::process::Child {
+        let script = format!("ulimit -l {limit}; exec \"$0\" \"$@\"");
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "sh",
+            ]);
+            c
+        } else {
+            std::process::Command::new("sh")
+        };
+        cmd.args(["-c", &script, path_str(&bin)])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sh (and setpriv, from util-linux, as root)")
+    };
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--users",
+        "50",
+    ];
+
+    let refused = run_as(256, &serve).wait_with_output().unwrap();
+    fails_with(refused, "raise it with `ulimit -l");
+
+    let mut ok = run_as(512, &serve);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(ok.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string);
+    let served = addr.map(|a| Client::connect(a.parse().unwrap()).get("/feed/1?size=2"));
+    let _ = ok.kill();
+    let _ = ok.wait();
+    assert_eq!(served.expect("started with 512 KiB").items().len(), 2);
+}

@@ -1,0 +1,72 @@
+//! Arbitrary bytes, split at arbitrary points, through the connection's
+//! decode/answer loop (`shardfeed::answer`), against a real store.
+//!
+//! Input layout: the first byte says how many of the following bytes are
+//! chunk sizes; the rest is what the client sends, cut into chunks of those
+//! sizes (cycled). Checks: no panic, and every answer written is a complete,
+//! well-framed HTTP/1.1 response.
+#![no_main]
+
+use std::cell::RefCell;
+
+use libfuzzer_sys::fuzz_target;
+use shardfeed::answer::{run_offline, Answers, LocalBackend};
+use shardfeed::feed::{Pool, StoreBuilder};
+use shardfeed::http::Limits;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = (n as usize % 16).min(rest.len());
+    let (sizes, payload) = rest.split_at(n);
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while at < payload.len() {
+        let size = if sizes.is_empty() { payload.len() } else { 1 + sizes[i % sizes.len()] as usize * 4 };
+        let end = (at + size).min(payload.len());
+        chunks.push(&payload[at..end]);
+        at = end;
+        i += 1;
+    }
+
+    let mut builder = StoreBuilder::default();
+    for user in 0..8u32 {
+        builder.push_user(user, (0..user * 3).map(|i| user * 1000 + i)).unwrap();
+    }
+    let limits = Limits {
+        max_head: 512,
+        max_request_line: 256,
+        max_body: 64,
+        ..Limits::DEFAULT
+    };
+    let backend = LocalBackend {
+        store: RefCell::new(builder.build(Pool::new([90, 91, 92]))),
+        limits,
+    };
+    let mut answers = Answers::new(backend, 4, 4096);
+    let done = run_offline(&mut answers, chunks);
+    check_framing(&done.output);
+});
+
+/// Every answer: status line, headers with Content-Length, exactly that body.
+fn check_framing(mut out: &[u8]) {
+    while !out.is_empty() {
+        assert!(out.starts_with(b"HTTP/1.1 "), "not a status line");
+        let head_end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head");
+        let head = std::str::from_utf8(&out[..head_end]).expect("ASCII head");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .expect("Content-Length")
+            .parse()
+            .expect("a number");
+        let end = head_end + 4 + len;
+        assert!(end <= out.len(), "body shorter than Content-Length");
+        out = &out[end..];
+    }
+}

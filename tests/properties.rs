@@ -1,0 +1,155 @@
+//! Property tests: the feed store against a plain reference model, and the
+//! connection's answer loop on arbitrary bytes split at arbitrary points (a
+//! bounded, CI-sized sibling of `fuzz/fuzz_targets/answer_loop.rs`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use shardfeed::answer::{run_offline, Answers, LocalBackend};
+use shardfeed::feed::{PageError, Pool, StoreBuilder};
+use shardfeed::http::Limits;
+
+/// The store's contract, written the plain way: lists, a served count per
+/// user, and a pool walked from a cursor with `contains` checks.
+struct Model {
+    feeds: HashMap<u32, Vec<u32>>,
+    served: HashMap<u32, usize>,
+    pool: Vec<u32>,
+    cursor: usize,
+}
+
+impl Model {
+    fn next_page(&mut self, user: u32, size: usize) -> Vec<u32> {
+        let mut page = Vec::new();
+        if let Some(items) = self.feeds.get(&user) {
+            let served = self.served.entry(user).or_insert(0);
+            let take = size.min(items.len() - *served);
+            page.extend_from_slice(&items[*served..*served + take]);
+            *served += take;
+        }
+        let n = self.pool.len();
+        let mut examined = 0;
+        while page.len() < size && examined < n {
+            let item = self.pool[self.cursor];
+            if !page.contains(&item) {
+                page.push(item);
+            }
+            self.cursor = (self.cursor + 1) % n;
+            examined += 1;
+        }
+        page
+    }
+}
+
+fn dedup_keep_first(items: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for &i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn store_matches_the_reference_model(
+        feeds in prop::collection::vec(prop::collection::vec(0u32..60, 0..25), 1..12),
+        pool in prop::collection::vec(0u32..60, 0..15),
+        requests in prop::collection::vec((0u32..15, 1usize..30), 1..150),
+    ) {
+        let mut builder = StoreBuilder::default();
+        let mut model = Model {
+            feeds: HashMap::new(),
+            served: HashMap::new(),
+            pool: dedup_keep_first(&pool),
+            cursor: 0,
+        };
+        for (user, items) in feeds.iter().enumerate() {
+            builder.push_user(user as u32, items.iter().copied()).unwrap();
+            model.feeds.insert(user as u32, items.clone());
+        }
+        let mut store = builder.build(Pool::new(pool.iter().copied()));
+        let mut page = Vec::new();
+        for (user, size) in requests {
+            let want = model.next_page(user, size);
+            match store.next_page(user, size, &mut page) {
+                Ok(stats) => {
+                    prop_assert_eq!(&page, &want);
+                    prop_assert_eq!(stats.unknown_user, !model.feeds.contains_key(&user));
+                    prop_assert_eq!((stats.personalized + stats.fallback) as usize, page.len());
+                }
+                Err(PageError::NothingToServe) => prop_assert!(want.is_empty()),
+            }
+        }
+        // Every personalized item was served at most once, in order.
+        for (user, items) in &model.feeds {
+            prop_assert_eq!(
+                store.remaining(*user).unwrap(),
+                &items[model.served.get(user).copied().unwrap_or(0)..]
+            );
+        }
+    }
+
+    #[test]
+    fn answer_loop_survives_arbitrary_bytes_and_splits(
+        bytes in prop::collection::vec(any::<u8>(), 0..3000),
+        cuts in prop::collection::vec(1usize..400, 1..8),
+        seeds in prop::collection::vec(
+            prop::sample::select(vec![
+                &b"GET /feed/1?size=3 HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                &b"GET /feed/2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"[..],
+                &b"GET /stats HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"[..],
+                &b"\r\n"[..],
+                &b"Content-Length: 9\r\n"[..],
+                &b"Transfer-Encoding: chunked\r\n"[..],
+            ]),
+            0..6,
+        ),
+    ) {
+        // Well-formed pieces spliced into the noise reach deeper states.
+        let mut input = bytes.clone();
+        for (i, seed) in seeds.iter().enumerate() {
+            let at = (i * 997) % (input.len() + 1);
+            input.splice(at..at, seed.iter().copied());
+        }
+        let mut chunks = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < input.len() {
+            let end = (at + cuts[i % cuts.len()]).min(input.len());
+            chunks.push(&input[at..end]);
+            at = end;
+            i += 1;
+        }
+        let mut builder = StoreBuilder::default();
+        for user in 0..4u32 {
+            builder.push_user(user, (0..10).map(|i| user * 100 + i)).unwrap();
+        }
+        let limits = Limits { max_head: 400, max_request_line: 200, max_body: 16, ..Limits::DEFAULT };
+        let backend = LocalBackend {
+            store: RefCell::new(builder.build(Pool::new([7, 8, 9]))),
+            limits,
+        };
+        let mut answers = Answers::new(backend, 3, 2048);
+        let done = run_offline(&mut answers, chunks);
+        // Every answer is complete and framed by its Content-Length.
+        let mut out = &done.output[..];
+        while !out.is_empty() {
+            prop_assert!(out.starts_with(b"HTTP/1.1 "));
+            let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = std::str::from_utf8(&out[..head_end]).unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            prop_assert!(head_end + 4 + len <= out.len());
+            out = &out[head_end + 4 + len..];
+        }
+        prop_assert!(answers.input.data().len() <= limits.max_request() + 1);
+    }
+}
