@@ -138,6 +138,18 @@ fn every_error_status_with_a_json_message() {
                 .into_bytes(),
             431,
         ),
+        (
+            format!("GET /feed/1?{} HTTP/1.1\r\nHost: t\r\n\r\n", "q".repeat(5000)).into_bytes(),
+            414,
+        ),
+        (b"GET /feed/1 HTTP/1.1\nHost: t\n\n".to_vec(), 400),
+        (
+            b"GET /feed/1 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+                .to_vec(),
+            400,
+        ),
+        (b"GET /feed/1 HTTP/1.1\r\nHost: t\r\nX: a\0b\r\n\r\n".to_vec(), 400),
+        (b"GET /feed/1 HTTP/1.1\r\nHost: t\r\nX: a\r\n folded\r\n\r\n".to_vec(), 400),
     ];
     for (raw, status) in closing {
         let mut c = s.connect();
