@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""Load runs of shardfeed against its baselines, saved as reproducible records.
+
+    scripts/bench.sh --quick                 # seconds: wrk -t1 -c64 -d10s, one round
+    scripts/bench.sh                         # the reference's wrk -t5 -c200 -d30s
+    scripts/bench.sh --latency               # low load: wrk -t1 -c4 -d10s
+    scripts/bench.sh --quick --rounds 3 --shards 2 --record
+
+Each round starts every server afresh, in turn (A B C D, A B C D, ...), so
+that the noisy machine drifts alike over all of them:
+  shardfeed --shards N, nginx with N workers (`return 200` with a body of the
+  same length: the ceiling for HTTP on this host), and, when N > 1,
+  shardfeed --shards 1 and nginx with 1 worker.
+For every run: requests/s, p50/p99/p99.9 (wrk's own histogram), non-2xx and
+socket errors, and the server's CPU time per request (user + system of all
+its threads and processes, from /proc): on a small machine where wrk takes a
+core, CPU per request is the steadier measure of a server's own cost. For
+shardfeed also the share of requests forwarded to another shard (/stats) and
+its resident memory. The summary gives medians over rounds and the ratios to
+the baselines. The load generator shares the machine with the servers.
+
+--record saves the commands, versions, CPU, raw wrk output and summary under
+benches/runs/<date>-<host>/<profile>-<time>/.
+Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+LUA = os.path.join(ROOT, "scripts", "random_users.lua")
+PROFILES = {
+    "quick": dict(threads=1, conns=64, duration="10s"),
+    "reference": dict(threads=5, conns=200, duration="30s"),
+    "latency": dict(threads=1, conns=4, duration="10s"),
+}
+# A 10-item page of 7-digit ids, like shardfeed's answers with the default data.
+NGINX_BODY = "[" + ",".join(str(4_000_000 + 12_345 * i) for i in range(10)) + "]"
+
+
+def die(msg):
+    sys.exit(f"bench: {msg}")
+
+
+def cpu_ticks(pids):
+    """User + system clock ticks of every thread of `pids`."""
+    total = 0
+    for pid in pids:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Shardfeed:
+    def __init__(self, binary, shards, args):
+        self.name = f"shardfeed-{shards}"
+        self.command = [binary, "serve", "--listen", "127.0.0.1:0", "--shards", str(shards)] + args
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            die(f"{self.name} did not start: {' '.join(self.command)}")
+        self.addr = line.split()[-1]
+        return self.addr
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def extra(self):
+        """Forwarded share and RSS, read from the live server."""
+        host, port = self.addr.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /stats HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        stats = json.loads(data.split(b"\r\n\r\n", 1)[1])["all"]
+        requests = max(stats["requests"], 1)
+        return {"forwarded_share": stats["forwarded_out"] / requests, "rss_mb": rss_mb(self.proc.pid)}
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Nginx:
+    def __init__(self, workers):
+        self.name = f"nginx-{workers}"
+        self.workers = workers
+        self.dir = tempfile.mkdtemp(prefix="bench-nginx-")
+        self.proc = None
+
+    def start(self):
+        port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes {self.workers};
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location / {{ default_type application/json; return 200 '{NGINX_BODY}'; }}
+  }}
+}}
+""")
+        self.command = ["nginx", "-c", conf, "-p", self.dir]
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            die("nginx did not start")
+        self.addr = f"127.0.0.1:{port}"
+        return self.addr
+
+    def pids(self):
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return [self.proc.pid] + [int(c) for c in children]
+
+    def extra(self):
+        return {}
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def parse_wrk(text):
+    out = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    out["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    out["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"percentiles_us (\d+) (\d+) (\d+) (\d+) (\d+)", text)
+    if m:
+        out.update(p50_us=int(m.group(1)), p90_us=int(m.group(2)), p99_us=int(m.group(3)),
+                   p999_us=int(m.group(4)), max_us=int(m.group(5)))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["socket_errors"] = sum(int(g) for g in m.groups()) if m else 0
+    return out
+
+
+def run_one(server, wrk_args, env, hz):
+    addr = server.start()
+    try:
+        pids = server.pids()
+        before = cpu_ticks(pids)
+        cmd = ["wrk"] + wrk_args + ["-s", LUA, f"http://{addr}"]
+        wrk = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        after = cpu_ticks(pids)
+        result = parse_wrk(wrk.stdout)
+        result["cpu_us_per_request"] = (after - before) / hz * 1e6 / max(result["requests"], 1)
+        result.update(server.extra())
+        return result, wrk.stdout + wrk.stderr, cmd
+    finally:
+        server.stop()
+
+
+def median(runs, key):
+    values = [r[key] for r in runs if key in r]
+    return statistics.median(values) if values else None
+
+
+def spread(runs, key):
+    values = [r[key] for r in runs if key in r]
+    return (min(values), max(values)) if values else (None, None)
+
+
+def machine():
+    def sh(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() or \
+                subprocess.run(cmd, capture_output=True, text=True).stderr.strip()
+        except FileNotFoundError:
+            return "missing"
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "kernel": os.uname().release,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "git": sh("git", "-C", ROOT, "describe", "--always", "--dirty"),
+        "rustc": sh("rustc", "-V"),
+        "wrk": sh("wrk", "-v").splitlines()[0] if shutil.which("wrk") else "missing",
+        "nginx": sh("nginx", "-v"),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--quick", action="store_const", dest="profile", const="quick")
+    prof.add_argument("--latency", action="store_const", dest="profile", const="latency")
+    p.add_argument("-t", type=int, help="wrk threads")
+    p.add_argument("-c", type=int, help="wrk connections")
+    p.add_argument("-d", help="wrk duration, e.g. 10s")
+    p.add_argument("--shards", type=int, default=os.cpu_count())
+    p.add_argument("--cpus", help="--cpus for shardfeed")
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--feed-len", type=int, default=200)
+    p.add_argument("--size", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=1, help="A B A B rounds")
+    p.add_argument("--no-baselines", action="store_true", help="shardfeed only")
+    p.add_argument("--bin", help="shardfeed binary to run instead of building")
+    p.add_argument("--server-arg", action="append", default=[], help="extra flag for shardfeed serve")
+    p.add_argument("--record", action="store_true", help="save a record under benches/runs/")
+    args = p.parse_args()
+    profile = args.profile or "reference"
+    wrk = dict(PROFILES[profile])
+    wrk.update({k: v for k, v in (("threads", args.t), ("conns", args.c), ("duration", args.d)) if v})
+
+    if not shutil.which("wrk"):
+        die("wrk is missing: apt-get install -y wrk")
+    baselines = not args.no_baselines
+    if baselines and not shutil.which("nginx"):
+        die("nginx is missing (for the baseline): apt-get install -y nginx-light, or pass --no-baselines")
+    binary = args.bin
+    if not binary:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        binary = os.path.join(ROOT, "target", "release", "shardfeed")
+
+    sf_args = ["--users", str(args.users), "--feed-len", str(args.feed_len)] + args.server_arg
+    if args.cpus:
+        sf_args += ["--cpus", args.cpus]
+    servers = [Shardfeed(binary, args.shards, sf_args)]
+    if baselines:
+        servers.append(Nginx(args.shards))
+        if args.shards > 1:
+            servers += [Shardfeed(binary, 1, sf_args), Nginx(1)]
+    wrk_args = ["-t", str(wrk["threads"]), "-c", str(wrk["conns"]), "-d", wrk["duration"], "--latency"]
+    env = dict(os.environ, SHARDFEED_USERS=str(args.users), SHARDFEED_SIZE=str(args.size))
+    hz = os.sysconf("SC_CLK_TCK")
+    info = machine()
+    print(f"# {info['cpu']}, {info['cpus']} CPUs, {info['kernel']}; shardfeed {info['git']}; wrk on the same machine")
+    print(f"# wrk {' '.join(wrk_args)}; {args.users} users x {args.feed_len}; {args.rounds} round(s)")
+
+    results = {s.name: [] for s in servers}
+    raw = []
+    for r in range(args.rounds):
+        for s in servers:
+            env_run = dict(env)
+            if isinstance(s, Nginx):
+                env_run["BENCH_PATH"] = "/"
+            result, text, cmd = run_one(s, wrk_args, env_run, hz)
+            results[s.name].append(result)
+            raw.append((f"{s.name}-round{r + 1}", s.command, cmd, text))
+            print(f"  round {r + 1} {s.name:<12} {result['rps']:>10,.0f} req/s  p99 {result.get('p99_us', 0) / 1000:6.2f} ms"
+                  f"  {result['cpu_us_per_request']:6.2f} us CPU/req  non-2xx {result['non_2xx']}  errors {result['socket_errors']}",
+                  flush=True)
+
+    lines = [f"{'server':<12} {'req/s (min-max)':>26} {'p50':>8} {'p99':>8} {'p99.9':>8} {'CPU/req':>9} {'fwd':>6} {'RSS':>8} {'non-2xx':>8} {'errors':>7}"]
+    summary = {"machine": info, "profile": profile, "wrk": wrk_args, "users": args.users,
+               "feed_len": args.feed_len, "rounds": args.rounds, "servers": {}}
+    for name, runs in results.items():
+        lo, hi = spread(runs, "rps")
+        m = {k: median(runs, k) for k in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "forwarded_share", "rss_mb")}
+        m["non_2xx"] = sum(r["non_2xx"] for r in runs)
+        m["socket_errors"] = sum(r["socket_errors"] for r in runs)
+        m["runs"] = runs
+        summary["servers"][name] = m
+        fwd = f"{m['forwarded_share'] * 100:5.1f}%" if m["forwarded_share"] is not None else "     -"
+        rss = f"{m['rss_mb']:6.0f}MB" if m["rss_mb"] is not None else "       -"
+        lines.append(f"{name:<12} {m['rps']:>10,.0f} ({lo:,.0f}-{hi:,.0f}) {m['p50_us'] / 1000:7.2f}ms {m['p99_us'] / 1000:7.2f}ms"
+                     f" {m['p999_us'] / 1000:7.2f}ms {m['cpu_us_per_request']:7.2f}us {fwd} {rss} {m['non_2xx']:>8} {m['socket_errors']:>7}")
+    ratios = []
+    for sf, ng in ((f"shardfeed-{args.shards}", f"nginx-{args.shards}"), ("shardfeed-1", "nginx-1")):
+        a, b = summary["servers"].get(sf), summary["servers"].get(ng)
+        if a and b:
+            ratio = {"rps": a["rps"] / b["rps"], "cpu_per_request": a["cpu_us_per_request"] / b["cpu_us_per_request"],
+                     "p99": a["p99_us"] / max(b["p99_us"], 1)}
+            summary.setdefault("ratios", {})[f"{sf} / {ng}"] = ratio
+            ratios.append(f"{sf} / {ng}: requests/s {ratio['rps']:.2f}x, CPU per request {ratio['cpu_per_request']:.2f}x, p99 {ratio['p99']:.2f}x")
+    a, b = summary["servers"].get(f"shardfeed-{args.shards}"), summary["servers"].get("shardfeed-1")
+    if a and b and args.shards > 1:
+        ratios.append(f"shardfeed-{args.shards} / shardfeed-1: requests/s {a['rps'] / b['rps']:.2f}x, CPU per request {a['cpu_us_per_request'] / b['cpu_us_per_request']:.2f}x")
+    text = "\n".join(lines + [""] + ratios) + "\n"
+    print()
+    print(text, end="")
+
+    if args.record:
+        now = datetime.datetime.now()
+        out = os.path.join(ROOT, "benches", "runs", f"{now:%Y-%m-%d}-{info['host']}", f"{profile}-{now:%H%M%S}")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "commands.txt"), "w") as f:
+            f.write("scripts/bench.sh " + " ".join(sys.argv[1:]) + "\n\n")
+            for name, server_cmd, wrk_cmd, _ in raw:
+                f.write(f"{name}:\n  server: {' '.join(server_cmd)}\n  load:   {' '.join(wrk_cmd)}\n")
+        with open(os.path.join(out, "machine.json"), "w") as f:
+            json.dump(info, f, indent=2)
+        with open(os.path.join(out, "wrk.txt"), "w") as f:
+            for name, _, _, text_raw in raw:
+                f.write(f"===== {name}\n{text_raw}\n")
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        with open(os.path.join(out, "summary.txt"), "w") as f:
+            f.write(f"# {info['cpu']}, {info['cpus']} CPUs, {info['kernel']}; shardfeed {info['git']}; {info['rustc']}; {info['wrk']}; {info['nginx']}\n")
+            f.write(f"# wrk {' '.join(wrk_args)}; {args.users} users x {args.feed_len}; {args.rounds} round(s), medians; wrk shares the machine\n")
+            f.write(text)
+        print(f"record: {os.path.relpath(out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
