@@ -6,6 +6,7 @@
 //! - one at a time: every forwarded request waits for its answer, so the
 //!   owner parks between requests and each request pays a wake-up;
 //! - 256 in flight: the owner stays busy (saturation), messages/s.
+//!
 //! CPU per request is the process's user + system time (both shards) over the
 //! requests; the difference between forwarded and local is what forwarding
 //! costs. Prints numbers only.
