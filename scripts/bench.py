@@ -87,8 +87,10 @@ class Shardfeed:
         self.proc = None
 
     def start(self):
+        started = time.monotonic()
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
+        self.startup_s = time.monotonic() - started
         if not line.startswith("listening on "):
             self.stop()
             die(f"{self.name} did not start: {' '.join(self.command)}")
@@ -108,7 +110,8 @@ class Shardfeed:
                 data += chunk
         stats = json.loads(data.split(b"\r\n\r\n", 1)[1])["all"]
         requests = max(stats["requests"], 1)
-        return {"forwarded_share": stats["forwarded_out"] / requests, "rss_mb": rss_mb(self.proc.pid)}
+        return {"forwarded_share": stats["forwarded_out"] / requests, "rss_mb": rss_mb(self.proc.pid),
+                "startup_s": self.startup_s}
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -306,20 +309,22 @@ def main():
                   f"  {result['cpu_us_per_request']:6.2f} us CPU/req  non-2xx {result['non_2xx']}  errors {result['socket_errors']}",
                   flush=True)
 
-    lines = [f"{'server':<12} {'req/s (min-max)':>26} {'p50':>8} {'p99':>8} {'p99.9':>8} {'CPU/req':>9} {'fwd':>6} {'RSS':>8} {'non-2xx':>8} {'errors':>7}"]
+    lines = [f"{'server':<12} {'req/s (min-max)':>26} {'p50':>8} {'p99':>8} {'p99.9':>8} {'CPU/req':>9} {'fwd':>6} {'RSS':>8} {'start':>7} {'non-2xx':>8} {'errors':>7}"]
     summary = {"machine": info, "profile": profile, "wrk": wrk_args, "users": args.users,
                "feed_len": args.feed_len, "rounds": args.rounds, "servers": {}}
     for name, runs in results.items():
         lo, hi = spread(runs, "rps")
-        m = {k: median(runs, k) for k in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "forwarded_share", "rss_mb")}
+        m = {k: median(runs, k) for k in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request",
+                                          "forwarded_share", "rss_mb", "startup_s")}
         m["non_2xx"] = sum(r["non_2xx"] for r in runs)
         m["socket_errors"] = sum(r["socket_errors"] for r in runs)
         m["runs"] = runs
         summary["servers"][name] = m
         fwd = f"{m['forwarded_share'] * 100:5.1f}%" if m["forwarded_share"] is not None else "     -"
         rss = f"{m['rss_mb']:6.0f}MB" if m["rss_mb"] is not None else "       -"
+        start = f"{m['startup_s']:6.1f}s" if m["startup_s"] is not None else "      -"
         lines.append(f"{name:<12} {m['rps']:>10,.0f} ({lo:,.0f}-{hi:,.0f}) {m['p50_us'] / 1000:7.2f}ms {m['p99_us'] / 1000:7.2f}ms"
-                     f" {m['p999_us'] / 1000:7.2f}ms {m['cpu_us_per_request']:7.2f}us {fwd} {rss} {m['non_2xx']:>8} {m['socket_errors']:>7}")
+                     f" {m['p999_us'] / 1000:7.2f}ms {m['cpu_us_per_request']:7.2f}us {fwd} {rss} {start} {m['non_2xx']:>8} {m['socket_errors']:>7}")
     ratios = []
     for sf, ng in ((f"shardfeed-{args.shards}", f"nginx-{args.shards}"), ("shardfeed-1", "nginx-1")):
         a, b = summary["servers"].get(sf), summary["servers"].get(ng)
