@@ -5,6 +5,7 @@
     scripts/bench.sh                         # the reference's wrk -t5 -c200 -d30s
     scripts/bench.sh --latency               # low load: wrk -t1 -c4 -d10s
     scripts/bench.sh --quick --rounds 3 --shards 2 --record
+    scripts/bench.sh --quick --server-arg=--no-pin        # flags for shardfeed: with `=`
 
 Each round starts every server afresh, in turn (A B C D, A B C D, ...), so
 that the noisy machine drifts alike over all of them:
@@ -263,7 +264,7 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="A B A B rounds")
     p.add_argument("--no-baselines", action="store_true", help="shardfeed only")
     p.add_argument("--bin", help="shardfeed binary to run instead of building")
-    p.add_argument("--server-arg", action="append", default=[], help="extra flag for shardfeed serve")
+    p.add_argument("--server-arg", action="append", default=[], help="extra flag for shardfeed serve; write --server-arg=--flag")
     p.add_argument("--record", action="store_true", help="save a record under benches/runs/")
     args = p.parse_args()
     profile = args.profile or "reference"

@@ -148,6 +148,11 @@ pub struct ServeArgs {
     /// share, p99, exhausted users) [default: off].
     #[arg(long, value_parser = parse_duration)]
     pub log_interval: Option<Duration>,
+    /// Do not pin shards to CPUs: let the kernel place them. For hosts where
+    /// shards share CPUs with other busy processes (e.g. a load generator on
+    /// the same machine); with dedicated cores, pinning is better.
+    #[arg(long)]
+    pub no_pin: bool,
     /// On SIGINT/SIGTERM, how long to wait for open requests to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -270,6 +275,7 @@ impl ServeArgs {
             histogram_interval: self.histogram_interval,
             log_interval: self.log_interval,
             shutdown_timeout: self.shutdown_timeout,
+            pin: !self.no_pin,
         })
     }
 }

@@ -67,6 +67,8 @@ pub struct ServeConfig {
     pub histogram_interval: Duration,
     pub log_interval: Option<Duration>,
     pub shutdown_timeout: Duration,
+    /// Pin each shard (and its loader) to its CPU.
+    pub pin: bool,
 }
 
 /// What shards and the signal thread tell the main thread.
@@ -108,7 +110,15 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         let log = histogram_log.as_ref().map(|l| l.sender());
         let cpu = config.cpus[i];
         let config = config.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        // Pinned by default: a shard owns its core. Unpinned, the kernel may
+        // move shard threads away from other busy threads (a load generator
+        // on the same host), as it does for a server's unpinned workers.
+        let placement = if config.pin {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
@@ -469,7 +479,9 @@ fn load_stores(config: &ServeConfig) -> Result<Vec<Store>, String> {
                 let cpu = config.cpus[i];
                 let source = &config.source;
                 scope.spawn(move || {
-                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    if config.pin {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    }
                     let owns = |user| owner_of(user, shards) == ShardId(i);
                     let builder = match source {
                         Source::Synthetic(spec) => data::synthetic_store(spec, owns),

@@ -368,3 +368,14 @@ fn synthetic_feeds_do_not_depend_on_shard_count_or_source() {
     assert_eq!(pools[0], pools[1]);
     assert_eq!(pools[0], pools[2]);
 }
+
+/// Unpinned shards (`--no-pin`) serve exactly like pinned ones.
+#[test]
+fn unpinned_shards_serve_the_same_feeds() {
+    let dir = TempDir::new("nopin");
+    let s = Server::known(&dir, &["--no-pin"]);
+    let mut c = s.connect();
+    for u in [1, 2, 3, 4, 5, 6] {
+        assert_eq!(c.get(&format!("/feed/{u}?size=2")).items(), feed_of(u)[..2]);
+    }
+}
