@@ -50,6 +50,18 @@ pub struct StoreCounters {
     pub nothing_to_serve: u64,
 }
 
+impl StoreCounters {
+    /// Adds another store's counters (merging shards).
+    pub fn add(&mut self, o: &StoreCounters) {
+        self.pages += o.pages;
+        self.personalized_items += o.personalized_items;
+        self.fallback_items += o.fallback_items;
+        self.unknown_users += o.unknown_users;
+        self.exhausted_users += o.exhausted_users;
+        self.nothing_to_serve += o.nothing_to_serve;
+    }
+}
+
 /// The fallback pool: distinct popular items, served in rotation.
 #[derive(Debug, Clone, Default)]
 pub struct Pool {

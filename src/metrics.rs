@@ -195,13 +195,7 @@ impl Snapshot {
             merged.local_sum_us += s.local_sum_us;
             merged.forwarded_sum_us += s.forwarded_sum_us;
             merged.counters.add(&s.counters);
-            let (m, o) = (&mut merged.store, &s.store);
-            m.pages += o.pages;
-            m.personalized_items += o.personalized_items;
-            m.fallback_items += o.fallback_items;
-            m.unknown_users += o.unknown_users;
-            m.exhausted_users += o.exhausted_users;
-            m.nothing_to_serve += o.nothing_to_serve;
+            merged.store.add(&s.store);
         }
         merged
     }
