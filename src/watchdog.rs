@@ -55,10 +55,6 @@ impl Watch {
         self.deadline.set(deadline);
     }
 
-    pub fn phase(&self) -> Phase {
-        self.phase.get()
-    }
-
     /// Set once the sweeper (or shutdown) has woken this connection.
     pub fn expired(&self) -> Option<Expired> {
         self.expired.get()
