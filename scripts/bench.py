@@ -4,6 +4,7 @@
     scripts/bench.sh --quick                 # seconds: wrk -t1 -c64 -d10s, one round
     scripts/bench.sh                         # the reference's wrk -t5 -c200 -d30s
     scripts/bench.sh --latency               # low load: wrk -t1 -c4 -d10s
+    scripts/bench.sh --open-loop 10000       # oha at a fixed 10k req/s, latency corrected
     scripts/bench.sh --quick --rounds 3 --shards 2 --record
     scripts/bench.sh --quick --server-arg=--no-pin        # flags for shardfeed: with `=`
 
@@ -19,6 +20,10 @@ core, CPU per request is the steadier measure of a server's own cost. For
 shardfeed also the share of requests forwarded to another shard (/stats) and
 its resident memory. The summary gives medians over rounds and the ratios to
 the baselines. The load generator shares the machine with the servers.
+
+wrk is closed-loop: its latencies omit the queueing a client at a fixed rate
+would see. --open-loop RATE uses oha instead (`-q RATE --latency-correction`,
+cargo install oha --locked), sending RATE requests/s whatever the answers do.
 
 --record saves the commands, versions, CPU, raw wrk output and summary under
 benches/runs/<date>-<host>/<profile>-<time>/.
@@ -196,15 +201,51 @@ def parse_wrk(text):
     return out
 
 
-def run_one(server, wrk_args, env, hz):
+def parse_oha(text):
+    """oha --output-format json -> the same fields as parse_wrk."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError:
+        return {"requests": 0, "rps": 0.0, "non_2xx": 0, "socket_errors": 1}
+    codes = d.get("statusCodeDistribution") or {}
+    errors = d.get("errorDistribution") or {}
+    p = d["latencyPercentiles"]
+    us = lambda key: int((p.get(key) or 0) * 1e6)
+    return {
+        "requests": sum(codes.values()),
+        "rps": d["summary"]["requestsPerSec"],
+        "p50_us": us("p50"), "p90_us": us("p90"), "p99_us": us("p99"), "p999_us": us("p99.9"),
+        "max_us": int(d["summary"]["slowest"] * 1e6) if d["summary"].get("slowest") else 0,
+        "non_2xx": sum(n for code, n in codes.items() if not code.startswith("2")),
+        # Requests still in flight when the time is up are not errors.
+        "socket_errors": sum(n for e, n in errors.items() if "deadline" not in e),
+    }
+
+
+def oha_command(load, addr, path, urls_file):
+    cmd = ["oha", "--no-tui", "--output-format", "json", "-z", load["duration"], "-c", str(load["conns"]),
+           "-q", str(load["rate"]), "--latency-correction"]
+    if path:
+        return cmd + [f"http://{addr}{path}"]
+    with open(urls_file, "w") as f:
+        rng = __import__("random").Random(42)
+        for _ in range(100_000):
+            f.write(f"http://{addr}/feed/{rng.randint(1, load['users'])}?size={load['size']}\n")
+    return cmd + ["--urls-from-file", urls_file]
+
+
+def run_one(server, wrk_args, env, hz, load=None):
     addr = server.start()
     try:
         pids = server.pids()
+        if load:
+            cmd = oha_command(load, addr, env.get("BENCH_PATH"), load["urls_file"])
+        else:
+            cmd = ["wrk"] + wrk_args + ["-s", LUA, f"http://{addr}"]
         before = cpu_ticks(pids)
-        cmd = ["wrk"] + wrk_args + ["-s", LUA, f"http://{addr}"]
         wrk = subprocess.run(cmd, capture_output=True, text=True, env=env)
         after = cpu_ticks(pids)
-        result = parse_wrk(wrk.stdout)
+        result = parse_oha(wrk.stdout) if load else parse_wrk(wrk.stdout)
         result["cpu_us_per_request"] = (after - before) / hz * 1e6 / max(result["requests"], 1)
         result.update(server.extra())
         return result, wrk.stdout + wrk.stderr, cmd
@@ -253,6 +294,8 @@ def main():
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--quick", action="store_const", dest="profile", const="quick")
     prof.add_argument("--latency", action="store_const", dest="profile", const="latency")
+    prof.add_argument("--open-loop", type=int, metavar="RATE",
+                      help="oha at RATE requests/s, latency corrected (default 16 connections, 10s)")
     p.add_argument("-t", type=int, help="wrk threads")
     p.add_argument("-c", type=int, help="wrk connections")
     p.add_argument("-d", help="wrk duration, e.g. 10s")
@@ -267,11 +310,18 @@ def main():
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for shardfeed serve; write --server-arg=--flag")
     p.add_argument("--record", action="store_true", help="save a record under benches/runs/")
     args = p.parse_args()
-    profile = args.profile or "reference"
-    wrk = dict(PROFILES[profile])
+    profile = args.profile or ("open-loop" if args.open_loop else "reference")
+    wrk = dict(PROFILES.get(profile, dict(threads=1, conns=16, duration="10s")))
     wrk.update({k: v for k, v in (("threads", args.t), ("conns", args.c), ("duration", args.d)) if v})
 
-    if not shutil.which("wrk"):
+    load = None
+    if args.open_loop:
+        if not shutil.which("oha"):
+            die("oha is missing: cargo install oha --locked (about 6 minutes)")
+        load = dict(rate=args.open_loop, conns=wrk["conns"], duration=wrk["duration"],
+                    users=args.users, size=args.size,
+                    urls_file=os.path.join(tempfile.mkdtemp(prefix="bench-oha-"), "urls.txt"))
+    elif not shutil.which("wrk"):
         die("wrk is missing: apt-get install -y wrk")
     baselines = not args.no_baselines
     if baselines and not shutil.which("nginx"):
@@ -294,8 +344,11 @@ def main():
     hz = os.sysconf("SC_CLK_TCK")
     info = machine()
     print(f"# {info['cpu']}, {info['cpus']} CPUs, {info['kernel']}; shardfeed {info['git']}; wrk on the same machine")
-    print(f"# wrk {' '.join(wrk_args)}; {args.users} users x {args.feed_len}; {args.rounds} round(s)")
+    driver = f"oha -q {args.open_loop} -c {wrk['conns']} -z {wrk['duration']} --latency-correction" if load \
+        else f"wrk {' '.join(wrk_args)}"
+    print(f"# {driver}; {args.users} users x {args.feed_len}; {args.rounds} round(s)")
 
+    summary_driver = driver
     results = {s.name: [] for s in servers}
     raw = []
     for r in range(args.rounds):
@@ -303,7 +356,7 @@ def main():
             env_run = dict(env)
             if isinstance(s, Nginx):
                 env_run["BENCH_PATH"] = "/"
-            result, text, cmd = run_one(s, wrk_args, env_run, hz)
+            result, text, cmd = run_one(s, wrk_args, env_run, hz, load)
             results[s.name].append(result)
             raw.append((f"{s.name}-round{r + 1}", s.command, cmd, text))
             print(f"  round {r + 1} {s.name:<12} {result['rps']:>10,.0f} req/s  p99 {result.get('p99_us', 0) / 1000:6.2f} ms"
@@ -311,7 +364,7 @@ def main():
                   flush=True)
 
     lines = [f"{'server':<12} {'req/s (min-max)':>26} {'p50':>8} {'p99':>8} {'p99.9':>8} {'CPU/req':>9} {'fwd':>6} {'RSS':>8} {'start':>7} {'non-2xx':>8} {'errors':>7}"]
-    summary = {"machine": info, "profile": profile, "wrk": wrk_args, "users": args.users,
+    summary = {"machine": info, "profile": profile, "load": summary_driver, "users": args.users,
                "feed_len": args.feed_len, "rounds": args.rounds, "servers": {}}
     for name, runs in results.items():
         lo, hi = spread(runs, "rps")
@@ -358,7 +411,7 @@ def main():
             json.dump(summary, f, indent=2)
         with open(os.path.join(out, "summary.txt"), "w") as f:
             f.write(f"# {info['cpu']}, {info['cpus']} CPUs, {info['kernel']}; shardfeed {info['git']}; {info['rustc']}; {info['wrk']}; {info['nginx']}\n")
-            f.write(f"# wrk {' '.join(wrk_args)}; {args.users} users x {args.feed_len}; {args.rounds} round(s), medians; wrk shares the machine\n")
+            f.write(f"# {driver}; {args.users} users x {args.feed_len}; {args.rounds} round(s), medians; the load generator shares the machine\n")
             f.write(text)
         print(f"record: {os.path.relpath(out, ROOT)}")
 
