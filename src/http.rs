@@ -6,6 +6,7 @@
 //! once the buffer has grown to its working size. This module knows nothing of
 //! shards or stores.
 
+use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Default largest request head (request line + headers): SPEC, `431` beyond.
@@ -207,9 +208,11 @@ pub fn decode(buf: &[u8], limits: Limits) -> Option<Request> {
     if line_end.is_none() && buf.len() > limits.max_request_line {
         return Some(fail(HttpError::UriTooLong(limits.max_request_line as u32)));
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    // Left uninitialised: httparse fills only the headers it finds, instead
+    // of every request paying to zero all MAX_HEADERS slots (2 KiB).
+    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < limits.max_head => return None,
         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
