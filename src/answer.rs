@@ -12,7 +12,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::feed::{PageError, Store};
+use crate::feed::Store;
 use crate::http::{self, Action, HttpDate, HttpError, Limits, Persist, Request};
 use crate::metrics::{Class, Route};
 use crate::shard::{Pending, Unserved};
@@ -302,14 +302,11 @@ impl Backend for LocalBackend {
 
     fn page(&self, user: u32, size: u16, _now: Instant) -> Pending<Self::Forwarded> {
         let mut page = Vec::new();
-        let result = match self
+        let served = self
             .store
             .borrow_mut()
-            .next_page(user, size as usize, &mut page)
-        {
-            Ok(_) => Ok(page),
-            Err(PageError::NothingToServe) => Err(Unserved::NothingToServe),
-        };
+            .next_page(user, size as usize, &mut page);
+        let result = served.map(|_| page).map_err(Unserved::from);
         if user % 2 == 1 {
             Pending::Forwarded(std::future::ready(result))
         } else {

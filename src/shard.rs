@@ -127,6 +127,14 @@ pub enum Unserved {
     Overloaded,
 }
 
+impl From<PageError> for Unserved {
+    fn from(e: PageError) -> Unserved {
+        match e {
+            PageError::NothingToServe => Unserved::NothingToServe,
+        }
+    }
+}
+
 type PageResult = Result<Vec<u32>, Unserved>;
 
 /// One shard's view of the world, shared by its tasks (never across cores).
@@ -213,9 +221,9 @@ impl Shard {
             .next_page(user, size as usize, &mut page)
         {
             Ok(_) => Ok(page),
-            Err(PageError::NothingToServe) => {
+            Err(e) => {
                 self.recycle(page);
-                Err(Unserved::NothingToServe)
+                Err(e.into())
             }
         }
     }
@@ -404,23 +412,24 @@ impl Tickets {
         self.release(token.slot);
     }
 
-    /// Stores a reply. Returns the waker to wake, or the page to recycle if
-    /// nobody waits for it any more.
+    /// Stores a reply. Returns the waker to wake, and the page buffer to
+    /// recycle if the reply does not carry it to a waiter (no page, or
+    /// nobody waits any more).
     fn complete(&mut self, reply: PageReply) -> (Option<Waker>, Option<Vec<u32>>) {
         let slot = &mut self.slots[reply.token.slot as usize];
         debug_assert_eq!(slot.generation, reply.token.generation, "stale reply");
-        let result = match reply.result {
-            Ok(()) => Ok(reply.page),
-            Err(PageError::NothingToServe) => Err(Unserved::NothingToServe),
+        let (result, spare) = match reply.result {
+            Ok(()) => (Ok(reply.page), None),
+            Err(e) => (Err(e.into()), Some(reply.page)),
         };
         match std::mem::replace(&mut slot.state, SlotState::Free) {
             SlotState::Waiting(waker) => {
                 slot.state = SlotState::Done(result);
-                (waker, None)
+                (waker, spare)
             }
             SlotState::Abandoned => {
                 self.release(reply.token.slot);
-                (None, result.ok())
+                (None, result.ok().or(spare))
             }
             SlotState::Free | SlotState::Done(_) => unreachable!("one reply per request"),
         }
@@ -620,11 +629,11 @@ async fn complete_forwarded(shard: Rc<Shard>, replies: ConnectedReceiver<PageRep
             .borrow_mut()
             .round_trip
             .saturating_record(round_trip);
-        let (waker, orphan) = shard.tickets.borrow_mut().complete(reply);
+        let (waker, spare) = shard.tickets.borrow_mut().complete(reply);
         if let Some(waker) = waker {
             waker.wake();
         }
-        if let Some(page) = orphan {
+        if let Some(page) = spare {
             shard.recycle(page);
         }
     }
@@ -690,19 +699,32 @@ mod tests {
             result: Ok(()),
             sent_at: Instant::now(),
         };
-        let (waker, orphan) = t.complete(reply(a));
-        assert!(waker.is_none() && orphan.is_none());
+        let (waker, spare) = t.complete(reply(a));
+        assert!(
+            waker.is_none() && spare.is_none(),
+            "the page goes to the waiter"
+        );
         assert!(matches!(
             t.slots[a.slot as usize].state,
             SlotState::Done(Ok(_))
         ));
         // b's waiter goes away: its reply is handed back for recycling.
         t.slots[b.slot as usize].state = SlotState::Abandoned;
-        let (_, orphan) = t.complete(reply(b));
-        assert_eq!(orphan, Some(vec![1, 2]));
+        let (_, spare) = t.complete(reply(b));
+        assert_eq!(spare, Some(vec![1, 2]));
         let c = t.open().unwrap();
         assert_eq!(c.slot, b.slot);
         assert_ne!(c.generation, b.generation, "a reused slot is a new ticket");
+        // Nothing to serve: the waiter gets the error, the buffer comes back.
+        let (_, spare) = t.complete(PageReply {
+            result: Err(PageError::NothingToServe),
+            ..reply(c)
+        });
+        assert_eq!(spare, Some(vec![1, 2]));
+        assert!(matches!(
+            t.slots[c.slot as usize].state,
+            SlotState::Done(Err(Unserved::NothingToServe))
+        ));
     }
 
     #[test]
