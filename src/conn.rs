@@ -22,7 +22,7 @@ use crate::answer::{Answers, Backend, Report};
 use crate::http::{self, HttpDate, HttpError, Limits, Persist};
 use crate::metrics::{self, Class, Route};
 use crate::shard::{Pending, Shard, Ticket};
-use crate::watchdog::{Expired, Phase, Registration, Registry, Watch};
+use crate::watchdog::{Expired, Phase, Registration, Watch};
 
 /// After the last answer on a connection we close, how long to keep reading
 /// (and discarding) what the client still sends, so that unread bytes do not
@@ -47,32 +47,22 @@ pub struct ConnLimits {
     pub max_unsent: usize,
 }
 
-/// What the connections of one shard share.
-pub struct Conns {
-    pub shard: Rc<Shard>,
-    pub registry: Rc<Registry>,
-    pub limits: ConnLimits,
-}
-
-/// Keeps the open-connections gauge right however the connection ends.
-struct OpenConnection(Rc<Shard>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.metrics.borrow_mut().counters.open_connections -= 1;
-    }
-}
-
-/// Takes a newly accepted connection: registers it with the watchdog at
-/// once (so that the connection limit counts it), then serves it in its own
-/// task, or answers `503` if the shard is full.
-pub fn accept(stream: TcpStream, conns: &Rc<Conns>, gate: &glommio::sync::Gate) {
-    let task = if conns.registry.open() < conns.limits.max_connections {
-        let idle_deadline = Instant::now() + conns.limits.idle_timeout;
-        let watch = conns.registry.register(stream.as_raw_fd(), idle_deadline);
-        gate.spawn(serve(stream, conns.shard.clone(), conns.limits, watch))
+/// Takes a newly accepted connection: registers it with the shard's
+/// watchdog at once (so that the connection limit counts it), then serves it
+/// in its own task, or answers `503` if the shard is full.
+pub fn accept(
+    stream: TcpStream,
+    shard: &Rc<Shard>,
+    limits: ConnLimits,
+    gate: &glommio::sync::Gate,
+) {
+    let registry = &shard.connections;
+    let task = if registry.open() < limits.max_connections {
+        shard.metrics.borrow_mut().counters.connections_accepted += 1;
+        let watch = registry.register(stream.as_raw_fd(), Instant::now() + limits.idle_timeout);
+        gate.spawn(serve(stream, shard.clone(), limits, watch))
     } else {
-        gate.spawn(refuse(stream, conns.shard.clone()))
+        gate.spawn(refuse(stream, shard.clone()))
     };
     if let Ok(task) = task {
         task.detach();
@@ -82,12 +72,6 @@ pub fn accept(stream: TcpStream, conns: &Rc<Conns>, gate: &glommio::sync::Gate) 
 /// Serves one connection until the client closes it, an error, a request
 /// that ends it, a deadline, or shutdown while it is idle.
 async fn serve(mut stream: TcpStream, shard: Rc<Shard>, limits: ConnLimits, watch: Registration) {
-    {
-        let mut m = shard.metrics.borrow_mut();
-        m.counters.connections_accepted += 1;
-        m.counters.open_connections += 1;
-    }
-    let _open = OpenConnection(shard.clone());
     // Answers are written whole, so Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     let mut conn = Answers::new(shard, limits.max_pipeline, limits.max_unsent);

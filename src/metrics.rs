@@ -40,7 +40,8 @@ pub enum Class {
     ServerError,
 }
 
-/// Counters of one shard. Monotonic except `open_connections`.
+/// Counters of one shard, all monotonic except `open_connections`, which is
+/// filled in when a snapshot is taken (from the shard's connection registry).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub requests_2xx: u64,

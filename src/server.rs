@@ -24,7 +24,7 @@ use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::conn::{self, ConnLimits, Conns};
+use crate::conn::{self, ConnLimits};
 use crate::data::{self, LoadError, Synthetic, POOL_SAMPLE_ITEMS};
 use crate::feed::{Pool, Store, StoreBuilder};
 use crate::histlog::{HistogramLog, Interval};
@@ -233,13 +233,8 @@ async fn run_shard(
     events: mpsc::Sender<Event>,
 ) {
     use glommio::spawn_local;
-    let conns = Rc::new(Conns {
-        shard: shard.clone(),
-        registry: Rc::new(Registry::default()),
-        limits: config.conn_limits,
-    });
-    spawn_local(sweep_deadlines(conns.registry.clone())).detach();
-    spawn_local(watch_stop_flag(conns.clone(), stop)).detach();
+    spawn_local(sweep_deadlines(shard.connections.clone())).detach();
+    spawn_local(watch_stop_flag(shard.clone(), stop)).detach();
     // The log sender is shared with the interval task and taken back at the
     // end, so that the writer thread sees every sender go.
     let log = Rc::new(RefCell::new(log.map(|tx| (tx, SystemTime::now()))));
@@ -253,7 +248,7 @@ async fn run_shard(
     let _ = events.send(Event::Ready);
 
     let gate = Gate::new();
-    accept_loop(&listener, &conns, &gate).await;
+    accept_loop(&listener, &shard, config.conn_limits, &gate).await;
     drop(listener);
     let drain = gate.close();
     let _ = glommio::timer::timeout(config.shutdown_timeout, drain).await;
@@ -266,8 +261,12 @@ async fn run_shard(
     std::future::pending::<()>().await
 }
 
-async fn accept_loop(listener: &glommio::net::TcpListener, conns: &Rc<Conns>, gate: &Gate) {
-    let shard = &conns.shard;
+async fn accept_loop(
+    listener: &glommio::net::TcpListener,
+    shard: &Rc<Shard>,
+    limits: ConnLimits,
+    gate: &Gate,
+) {
     loop {
         let accept = async { Some(listener.accept().await) };
         let stop = async {
@@ -278,7 +277,7 @@ async fn accept_loop(listener: &glommio::net::TcpListener, conns: &Rc<Conns>, ga
             return;
         };
         match accepted {
-            Ok(stream) => conn::accept(stream, conns, gate),
+            Ok(stream) => conn::accept(stream, shard, limits, gate),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning;
                 // anything else (an aborted handshake) concerns one client.
@@ -305,12 +304,11 @@ async fn sweep_deadlines(registry: Rc<Registry>) {
 
 /// Turns the process-wide stop flag (set by the main thread on a signal)
 /// into this shard's shutdown.
-async fn watch_stop_flag(conns: Rc<Conns>, stop: Arc<AtomicBool>) {
+async fn watch_stop_flag(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
     }
-    conns.shard.begin_shutdown();
-    conns.registry.close_idle();
+    shard.begin_shutdown();
 }
 
 type LogSlot = Rc<RefCell<Option<(mpsc::Sender<Interval>, SystemTime)>>>;

@@ -33,6 +33,7 @@ use crate::data::mix64;
 use crate::feed::{PageError, Store};
 use crate::http::{HttpDate, Limits};
 use crate::metrics::{ShardMetrics, Snapshot};
+use crate::watchdog::Registry;
 
 /// Requests queued to one peer before `503`.
 pub const REQUEST_QUEUE: usize = 1024;
@@ -155,6 +156,9 @@ pub struct Shard {
     /// One snapshot gathering at a time (it reads the reply channels).
     gathering: glommio::sync::Semaphore,
     gather_seq: Cell<u64>,
+    /// This shard's open connections and their deadlines. The open count
+    /// is read from here (no separate gauge to keep in step).
+    pub connections: Rc<Registry>,
     /// Never signalled, only closed: closing it announces shutdown to every
     /// task waiting on it.
     shutdown: glommio::sync::Semaphore,
@@ -252,7 +256,9 @@ impl Shard {
     /// This shard's metrics, copied.
     pub fn snapshot(&self) -> Snapshot {
         let store = self.store.borrow().counters();
-        self.metrics.borrow().snapshot(self.id.0, store)
+        let mut snapshot = self.metrics.borrow().snapshot(self.id.0, store);
+        snapshot.counters.open_connections = self.connections.open() as u64;
+        snapshot
     }
 
     /// Every shard's snapshot, in shard order, gathered over the control
@@ -288,11 +294,13 @@ impl Shard {
         self.shutting_down.get()
     }
 
-    /// Tells every task of this shard that waits in
-    /// [`Shard::shutdown_announced`] to stop.
+    /// Starts this shard's shutdown: tasks waiting in
+    /// [`Shard::shutdown_announced`] stop (the accept loop), idle
+    /// connections are woken to close, busy ones close once answered.
     pub fn begin_shutdown(&self) {
         self.shutting_down.set(true);
         self.shutdown.close();
+        self.connections.close_idle();
     }
 
     /// Completes once shutdown has begun.
@@ -574,6 +582,7 @@ pub async fn start(
         control_replies: control.replies_from,
         gathering: glommio::sync::Semaphore::new(1),
         gather_seq: Cell::new(0),
+        connections: Rc::new(Registry::default()),
         shutdown: glommio::sync::Semaphore::new(0),
         shutting_down: Cell::new(false),
     });
