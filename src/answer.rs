@@ -337,6 +337,36 @@ pub struct Offline {
     pub closed: bool,
 }
 
+impl Offline {
+    /// The answers in the output as (head, body), checking that each is a
+    /// complete HTTP/1.1 response framed by its `Content-Length`.
+    pub fn answers(&self) -> Result<Vec<(&str, &[u8])>, String> {
+        let mut out = &self.output[..];
+        let mut answers = Vec::new();
+        while !out.is_empty() {
+            if !out.starts_with(b"HTTP/1.1 ") {
+                return Err("an answer does not start with a status line".into());
+            }
+            let head_end = memchr::memmem::find(out, b"\r\n\r\n").ok_or("an incomplete head")?;
+            let head =
+                std::str::from_utf8(&out[..head_end]).map_err(|_| "a head that is not text")?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .ok_or("an answer without Content-Length")?
+                .parse()
+                .map_err(|_| "a bad Content-Length")?;
+            let end = head_end + 4 + len;
+            if end > out.len() {
+                return Err("a body shorter than its Content-Length".into());
+            }
+            answers.push((head, &out[head_end + 4..end]));
+            out = &out[end..];
+        }
+        Ok(answers)
+    }
+}
+
 /// Runs the answer loop over in-memory input arriving in `chunks`, exactly
 /// as a connection does over its socket (read what fits, answer every
 /// complete request, write, repeat), minus the socket and the deadlines.
@@ -396,23 +426,13 @@ mod tests {
         format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n")
     }
 
-    /// The bodies of the answers in `output`, in order.
-    fn bodies(output: &[u8]) -> Vec<String> {
-        let text = String::from_utf8(output.to_vec()).unwrap();
-        let mut rest = text.as_str();
-        let mut out = Vec::new();
-        while let Some((head, after)) = rest.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .unwrap()
-                .parse()
-                .unwrap();
-            out.push(after[..len].to_string());
-            rest = &after[len..];
-        }
-        assert!(rest.is_empty(), "trailing bytes: {rest:?}");
-        out
+    /// The bodies of the answers, in order.
+    fn bodies(done: &Offline) -> Vec<String> {
+        let answers = done.answers().expect("well-framed answers");
+        answers
+            .iter()
+            .map(|(_, body)| String::from_utf8(body.to_vec()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -427,7 +447,7 @@ mod tests {
         let done = run_offline(&mut a, [raw.as_bytes()]);
         assert_eq!(done.writes, 1, "one write for the whole pipeline");
         assert_eq!(
-            bodies(&done.output),
+            bodies(&done),
             [
                 "[100,101]",
                 "[200,201]",
@@ -444,10 +464,10 @@ mod tests {
     #[test]
     fn every_split_point_gives_the_same_answers() {
         let raw = get("/feed/1?size=3") + &get("/feed/2?size=1") + &get("/metrics");
-        let whole = run_offline(&mut answers(128), [raw.as_bytes()]).output;
+        let whole = run_offline(&mut answers(128), [raw.as_bytes()]);
         for cut in 0..raw.len() {
             let (a, b) = raw.as_bytes().split_at(cut);
-            let split = run_offline(&mut answers(128), [a, b]).output;
+            let split = run_offline(&mut answers(128), [a, b]);
             assert_eq!(bodies(&split), bodies(&whole), "cut at {cut}");
         }
         assert_eq!(
@@ -464,7 +484,7 @@ mod tests {
             + &get("/healthz");
         let done = run_offline(&mut a, [raw.as_bytes()]);
         assert_eq!(done.writes, 3, "2 + 2 + 2 answers");
-        assert_eq!(bodies(&done.output).len(), 6, "nothing after the close");
+        assert_eq!(bodies(&done).len(), 6, "nothing after the close");
         assert!(done.closed);
     }
 
@@ -476,10 +496,7 @@ mod tests {
             "b".repeat(7000)
         );
         let done = run_offline(&mut a, big.as_bytes().chunks(100));
-        assert_eq!(
-            bodies(&done.output),
-            ["[200,201,202,203,204,205,206,207,208,209]"]
-        );
+        assert_eq!(bodies(&done), ["[200,201,202,203,204,205,206,207,208,209]"]);
         let huge = "x".repeat(50_000);
         let done = run_offline(&mut answers(128), [huge.as_bytes()]);
         assert!(done.closed);

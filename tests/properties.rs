@@ -136,19 +136,8 @@ proptest! {
         let mut answers = Answers::new(backend, 3, 2048);
         let done = run_offline(&mut answers, chunks);
         // Every answer is complete and framed by its Content-Length.
-        let mut out = &done.output[..];
-        while !out.is_empty() {
-            prop_assert!(out.starts_with(b"HTTP/1.1 "));
-            let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-            let head = std::str::from_utf8(&out[..head_end]).unwrap();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .unwrap()
-                .parse()
-                .unwrap();
-            prop_assert!(head_end + 4 + len <= out.len());
-            out = &out[head_end + 4 + len..];
+        if let Err(why) = done.answers() {
+            prop_assert!(false, "{}", why);
         }
         prop_assert!(answers.input.data().len() <= limits.max_request() + 1);
     }
