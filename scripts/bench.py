@@ -80,6 +80,17 @@ def rss_mb(pid):
     return 0.0
 
 
+def stop_process(proc, sig, timeout):
+    """Stops `proc` with `sig`, killing it if it is still there after `timeout` s."""
+    if proc and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,13 +131,8 @@ class Shardfeed:
                 "startup_s": self.startup_s}
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # SIGTERM: shardfeed drains and prints its summary.
+        stop_process(self.proc, signal.SIGTERM, 15)
 
 
 class Nginx:
@@ -175,13 +181,8 @@ http {{
         return {}
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # SIGQUIT: nginx's graceful stop.
+        stop_process(self.proc, signal.SIGQUIT, 10)
 
 
 def parse_wrk(text):
