@@ -18,8 +18,11 @@ socket errors, and the server's CPU time per request (user + system of all
 its threads and processes, from /proc): on a small machine where wrk takes a
 core, CPU per request is the steadier measure of a server's own cost. For
 shardfeed also the share of requests forwarded to another shard (/stats) and
-its resident memory. The summary gives medians over rounds and the ratios to
-the baselines. The load generator shares the machine with the servers.
+its resident memory. IPI/req is the machine's rescheduling and function-call
+interrupts (/proc/interrupts RES + CAL, all CPUs, wrk included) per request:
+wake-ups across CPUs and membarrier broadcasts show there. The summary gives
+medians over rounds and the ratios to the baselines. The load generator
+shares the machine with the servers.
 
 wrk is closed-loop: its latencies omit the queueing a client at a fixed rate
 would see. --open-loop RATE uses oha instead (`-q RATE --latency-correction`,
@@ -69,6 +72,21 @@ def cpu_ticks(pids):
                 total += int(fields[11]) + int(fields[12])
         except FileNotFoundError:
             pass
+    return total
+
+
+def ipis():
+    """Rescheduling and function-call interrupts so far, all CPUs (from
+    /proc/interrupts): a wake-up or a `membarrier` on another CPU costs one."""
+    total = 0
+    try:
+        with open("/proc/interrupts") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name.strip() in ("RES", "CAL"):
+                    total += sum(int(x) for x in rest.split() if x.isdigit())
+    except OSError:
+        pass
     return total
 
 
@@ -243,11 +261,12 @@ def run_one(server, wrk_args, env, hz, load=None):
             cmd = oha_command(load, addr, env.get("BENCH_PATH"), load["urls_file"])
         else:
             cmd = ["wrk"] + wrk_args + ["-s", LUA, f"http://{addr}"]
-        before = cpu_ticks(pids)
+        before, ipis_before = cpu_ticks(pids), ipis()
         wrk = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        after = cpu_ticks(pids)
+        after, ipis_after = cpu_ticks(pids), ipis()
         result = parse_oha(wrk.stdout) if load else parse_wrk(wrk.stdout)
         result["cpu_us_per_request"] = (after - before) / hz * 1e6 / max(result["requests"], 1)
+        result["ipis_per_request"] = (ipis_after - ipis_before) / max(result["requests"], 1)
         result.update(server.extra())
         return result, wrk.stdout + wrk.stderr, cmd
     finally:
@@ -361,16 +380,16 @@ def main():
             results[s.name].append(result)
             raw.append((f"{s.name}-round{r + 1}", s.command, cmd, text))
             print(f"  round {r + 1} {s.name:<12} {result['rps']:>10,.0f} req/s  p99 {result.get('p99_us', 0) / 1000:6.2f} ms"
-                  f"  {result['cpu_us_per_request']:6.2f} us CPU/req  non-2xx {result['non_2xx']}  errors {result['socket_errors']}",
+                  f"  {result['cpu_us_per_request']:6.2f} us CPU/req  {result['ipis_per_request']:5.2f} IPI/req  non-2xx {result['non_2xx']}  errors {result['socket_errors']}",
                   flush=True)
 
-    lines = [f"{'server':<12} {'req/s (min-max)':>26} {'p50':>8} {'p99':>8} {'p99.9':>8} {'CPU/req':>9} {'fwd':>6} {'RSS':>8} {'start':>7} {'non-2xx':>8} {'errors':>7}"]
+    lines = [f"{'server':<12} {'req/s (min-max)':>26} {'p50':>8} {'p99':>8} {'p99.9':>8} {'CPU/req':>9} {'IPI/req':>8} {'fwd':>6} {'RSS':>8} {'start':>7} {'non-2xx':>8} {'errors':>7}"]
     summary = {"machine": info, "profile": profile, "load": summary_driver, "users": args.users,
                "feed_len": args.feed_len, "rounds": args.rounds, "servers": {}}
     for name, runs in results.items():
         lo, hi = spread(runs, "rps")
         m = {k: median(runs, k) for k in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request",
-                                          "forwarded_share", "rss_mb", "startup_s")}
+                                          "ipis_per_request", "forwarded_share", "rss_mb", "startup_s")}
         m["non_2xx"] = sum(r["non_2xx"] for r in runs)
         m["socket_errors"] = sum(r["socket_errors"] for r in runs)
         m["runs"] = runs
@@ -379,7 +398,7 @@ def main():
         rss = f"{m['rss_mb']:6.0f}MB" if m["rss_mb"] is not None else "       -"
         start = f"{m['startup_s']:6.1f}s" if m["startup_s"] is not None else "      -"
         lines.append(f"{name:<12} {m['rps']:>10,.0f} ({lo:,.0f}-{hi:,.0f}) {m['p50_us'] / 1000:7.2f}ms {m['p99_us'] / 1000:7.2f}ms"
-                     f" {m['p999_us'] / 1000:7.2f}ms {m['cpu_us_per_request']:7.2f}us {fwd} {rss} {start} {m['non_2xx']:>8} {m['socket_errors']:>7}")
+                     f" {m['p999_us'] / 1000:7.2f}ms {m['cpu_us_per_request']:7.2f}us {m['ipis_per_request']:8.2f} {fwd} {rss} {start} {m['non_2xx']:>8} {m['socket_errors']:>7}")
     ratios = []
     for sf, ng in ((f"shardfeed-{args.shards}", f"nginx-{args.shards}"), ("shardfeed-1", "nginx-1")):
         a, b = summary["servers"].get(sf), summary["servers"].get(ng)

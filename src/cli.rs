@@ -153,6 +153,12 @@ pub struct ServeArgs {
     /// the same machine); with dedicated cores, pinning is better.
     #[arg(long)]
     pub no_pin: bool,
+    /// Create io_uring rings as glommio does by default, without
+    /// IORING_SETUP_COOP_TASKRUN: every completion raised on another CPU then
+    /// interrupts the shard (a rescheduling IPI). For comparison and as a
+    /// way out; the flag needs Linux 5.19 and is skipped where refused.
+    #[arg(long)]
+    pub no_coop_taskrun: bool,
     /// On SIGINT/SIGTERM, how long to wait for open requests to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -276,6 +282,7 @@ impl ServeArgs {
             log_interval: self.log_interval,
             shutdown_timeout: self.shutdown_timeout,
             pin: !self.no_pin,
+            coop_taskrun: !self.no_coop_taskrun,
         })
     }
 }

@@ -12,6 +12,7 @@
 //! - [`server`]: start-up (bind, load, executors) and supervision.
 //! - [`histlog`]: the HdrHistogram interval log (writer thread, reader).
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs).
+//! - [`uring`]: io_uring rings without an IPI per completion (COOP_TASKRUN for glommio's rings).
 //! - [`cli`]: the command line.
 //!
 //! Error policy: hot code returns small enums (`http::HttpError`,
@@ -29,4 +30,5 @@ pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod shard;
+pub mod uring;
 pub mod watchdog;

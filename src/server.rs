@@ -32,6 +32,7 @@ use crate::host;
 use crate::http::Limits;
 use crate::metrics::{self, ShardMetrics, Snapshot};
 use crate::shard::{self, owner_of, Shard, ShardId};
+use crate::uring;
 use crate::watchdog::Registry;
 
 /// Memory each executor registers with its io_uring rings (x3 rings). A
@@ -69,6 +70,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Pin each shard (and its loader) to its CPU.
     pub pin: bool,
+    /// Create the shards' io_uring rings with IORING_SETUP_COOP_TASKRUN.
+    pub coop_taskrun: bool,
 }
 
 /// What shards and the signal thread tell the main thread.
@@ -100,6 +103,9 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         None => None,
     };
 
+    if config.coop_taskrun {
+        uring::enable_coop_taskrun();
+    }
     let (events_tx, events) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let links = shard::make_links(shards);
@@ -170,6 +176,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             Err(_) => return Err("every shard stopped".into()),
         }
     }
+    eprintln!("shardfeed: {}", uring::report());
     // Written, not println!: a closed stdout must not stop the server.
     say(&format!("listening on {addr}\n"));
 

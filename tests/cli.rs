@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::io::{BufRead, BufReader};
 
 fn fails_with(out: std::process::Output, wanted: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -187,4 +188,69 @@ fn unprivileged_user_with_a_small_locked_memory_limit() {
     let _ = ok.kill();
     let _ = ok.wait();
     assert_eq!(served.expect("started with 512 KiB").items().len(), 2);
+}
+
+/// The start-up line about the shards' io_uring rings: with the default the
+/// shards' rings are created with IORING_SETUP_COOP_TASKRUN (Linux 5.19+),
+/// with `--no-coop-taskrun` as glommio makes them. Both serve requests.
+#[test]
+fn io_uring_rings_report_coop_taskrun() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    let kernel_has_flag = (major, minor) >= (5, 19);
+
+    let start = |extra: &[&str]| -> String {
+        let mut child = std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--users", "100"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string();
+        // Users 1..=100 spread over both shards: both paths answer.
+        for user in [1, 2, 3, 4, 5, 6] {
+            let mut client = Client::connect(addr.parse().unwrap());
+            let response = client.get(&format!("/feed/{user}?size=3"));
+            assert_eq!(response.status, 200, "user {user}");
+            assert_eq!(response.items().len(), 3);
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let default = start(&[]);
+    let line = default
+        .lines()
+        .find(|l| l.contains("io_uring:"))
+        .unwrap_or_else(|| panic!("no io_uring line in {default:?}"));
+    if kernel_has_flag {
+        // Two sleepable rings per shard get the flag; the IOPOLL rings do not.
+        let n: u32 = line
+            .split("COOP_TASKRUN on ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected {line:?}"));
+        assert!(n >= 4, "{line}");
+    } else {
+        assert!(line.contains("needs Linux 5.19"), "{line}");
+    }
+
+    let off = start(&["--no-coop-taskrun"]);
+    assert!(
+        off.contains("io_uring: COOP_TASKRUN off (--no-coop-taskrun)"),
+        "{off}"
+    );
 }

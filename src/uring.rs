@@ -1,0 +1,286 @@
+//! io_uring rings without a rescheduling interrupt per completion.
+//!
+//! glommio 0.9 creates its rings with no setup flags and offers no way to
+//! pass any. Without `IORING_SETUP_COOP_TASKRUN` (Linux 5.19), a completion
+//! raised on another CPU (a client's request arriving on a socket this shard
+//! polls, a peer's eventfd write) interrupts the shard with a rescheduling
+//! IPI so that it posts the completion at once. A shard that is already
+//! running gains nothing from that: it enters the kernel for its next
+//! `recv`/`send` within microseconds and the completion is posted then. A
+//! sleeping shard is woken either way. With the flag the kernel only sets a
+//! flag on the thread (`TWA_SIGNAL_NO_IPI`); the completion is posted at the
+//! shard's next system call or timer tick.
+//!
+//! Measured on the 2-vCPU development VM (`scripts/bench.sh --quick`, paired
+//! runs, see the README's Performance notes): the IPIs were 14% of one
+//! shard's CPU time in `perf`, and the flag cut CPU per request by about a
+//! quarter at 1 shard and a fifth at 2 shards.
+//!
+//! The flag is added by interposing libc's `syscall()` in this executable:
+//! glommio's bundled liburing calls `syscall(__NR_io_uring_setup, ...)`, which
+//! the static link resolves to the definition below before libc's. Every
+//! other call is passed to the kernel unchanged, with libc's `errno`
+//! convention. Only `x86_64` Linux has the interposer; elsewhere rings keep
+//! glommio's defaults and [`report`] says so. Rings that ask for any flag of
+//! their own (glommio's `IOPOLL` ring for NVMe polling) are left alone, and a
+//! kernel that refuses the flag (`EINVAL`, before 5.19) gets the call again
+//! without it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// `IORING_SETUP_COOP_TASKRUN` from `<linux/io_uring.h>`.
+const IORING_SETUP_COOP_TASKRUN: u32 = 1 << 8;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static REFUSED: AtomicBool = AtomicBool::new(false);
+static COOP_RINGS: AtomicU32 = AtomicU32::new(0);
+static OTHER_RINGS: AtomicU32 = AtomicU32::new(0);
+
+/// Rings created from now on get `IORING_SETUP_COOP_TASKRUN` (where the
+/// interposer exists and the kernel accepts the flag).
+pub fn enable_coop_taskrun() {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        // Taking the interposer's address keeps its object in the link even in
+        // builds that split the crate into many codegen units.
+        std::hint::black_box(interpose::syscall as interpose::Syscall);
+    }
+    ENABLED.store(true, Ordering::SeqCst);
+}
+
+/// What happened to the rings created so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingReport {
+    pub requested: bool,
+    pub available: bool,
+    pub refused_by_kernel: bool,
+    pub coop_rings: u32,
+    pub other_rings: u32,
+}
+
+pub fn report() -> RingReport {
+    RingReport {
+        requested: ENABLED.load(Ordering::SeqCst),
+        available: cfg!(all(target_os = "linux", target_arch = "x86_64")),
+        refused_by_kernel: REFUSED.load(Ordering::SeqCst),
+        coop_rings: COOP_RINGS.load(Ordering::SeqCst),
+        other_rings: OTHER_RINGS.load(Ordering::SeqCst),
+    }
+}
+
+impl fmt::Display for RingReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.coop_rings + self.other_rings;
+        if !self.requested {
+            write!(f, "io_uring: COOP_TASKRUN off (--no-coop-taskrun)")
+        } else if !self.available {
+            write!(
+                f,
+                "io_uring: COOP_TASKRUN not available on this architecture"
+            )
+        } else if self.refused_by_kernel {
+            write!(
+                f,
+                "io_uring: the kernel refused COOP_TASKRUN (it needs Linux 5.19): \
+                 every completion interrupts its shard"
+            )
+        } else {
+            write!(
+                f,
+                "io_uring: COOP_TASKRUN on {} of {total} rings (IOPOLL rings keep their own flags)",
+                self.coop_rings
+            )
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod interpose {
+    use super::*;
+    use libc::{c_int, c_long};
+
+    pub type Syscall =
+        unsafe extern "C" fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long;
+
+    /// The kernel's `io_uring_setup(entries, params)`; `flags` is the third
+    /// `u32` of `struct io_uring_params` (kernel ABI, stable since 5.1).
+    const FLAGS_INDEX: usize = 2;
+
+    /// libc's `syscall()`, defined here so that the io_uring setup calls of
+    /// glommio's liburing pass through [`io_uring_setup`].
+    ///
+    /// Callers see libc's variadic `long syscall(long, ...)`. On x86_64 a
+    /// variadic call passes its integer arguments exactly as this fixed
+    /// seven-argument function receives them (six registers, then the stack),
+    /// and libc's own implementation reads the same six argument slots
+    /// whatever the call passed; the kernel ignores the ones a system call
+    /// does not take.
+    ///
+    /// # Safety
+    /// As for libc's `syscall()`: the arguments must be valid for system
+    /// call `n`.
+    #[no_mangle]
+    pub unsafe extern "C" fn syscall(
+        n: c_long,
+        a1: c_long,
+        a2: c_long,
+        a3: c_long,
+        a4: c_long,
+        a5: c_long,
+        a6: c_long,
+    ) -> c_long {
+        if n == libc::SYS_io_uring_setup && a2 != 0 {
+            return io_uring_setup(a1, a2 as *mut u32);
+        }
+        with_errno(raw_syscall(n, a1, a2, a3, a4, a5, a6))
+    }
+
+    unsafe fn io_uring_setup(entries: c_long, params: *mut u32) -> c_long {
+        let call = |params: *mut u32| {
+            raw_syscall(
+                libc::SYS_io_uring_setup,
+                entries,
+                params as c_long,
+                0,
+                0,
+                0,
+                0,
+            )
+        };
+        let flags = params.add(FLAGS_INDEX);
+        let asked = flags.read();
+        // Rings made before `enable_coop_taskrun` (the host check's probe) are
+        // neither changed nor counted.
+        let enabled = ENABLED.load(Ordering::Relaxed);
+        if asked != 0 || !enabled || REFUSED.load(Ordering::Relaxed) {
+            let fd = call(params);
+            if fd >= 0 && enabled {
+                OTHER_RINGS.fetch_add(1, Ordering::Relaxed);
+            }
+            return with_errno(fd);
+        }
+        flags.write(asked | IORING_SETUP_COOP_TASKRUN);
+        let fd = call(params);
+        if fd >= 0 {
+            COOP_RINGS.fetch_add(1, Ordering::Relaxed);
+            return fd;
+        }
+        // Not necessarily the flag: retry once without it, and only blame the
+        // flag if the plain call works.
+        flags.write(asked);
+        let plain = call(params);
+        if plain >= 0 {
+            if fd == -(libc::EINVAL as c_long) {
+                REFUSED.store(true, Ordering::Relaxed);
+            }
+            OTHER_RINGS.fetch_add(1, Ordering::Relaxed);
+        }
+        with_errno(plain)
+    }
+
+    /// libc's convention: -1 and `errno` for results in -4095..=-1.
+    unsafe fn with_errno(ret: c_long) -> c_long {
+        if (-4095..0).contains(&ret) {
+            *libc::__errno_location() = -ret as c_int;
+            -1
+        } else {
+            ret
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn raw_syscall(
+        n: c_long,
+        a1: c_long,
+        a2: c_long,
+        a3: c_long,
+        a4: c_long,
+        a5: c_long,
+        a6: c_long,
+    ) -> c_long {
+        let ret: c_long;
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") n => ret,
+            in("rdi") a1,
+            in("rsi") a2,
+            in("rdx") a3,
+            in("r10") a4,
+            in("r8") a5,
+            in("r9") a6,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+        ret
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Calls `io_uring_setup` the way liburing does and returns the flags the
+    /// kernel saw (it copies the parameters back) and the ring's descriptor.
+    fn setup(flags: u32) -> std::io::Result<(u32, i32)> {
+        let mut params = [0u32; 30]; // struct io_uring_params is 120 bytes
+        params[2] = flags;
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_setup,
+                4 as libc::c_long,
+                params.as_mut_ptr(),
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((params[2], fd as i32))
+    }
+
+    #[test]
+    fn rings_get_the_flag_once_enabled_and_other_calls_pass_through() {
+        // Other system calls through the interposer keep libc's convention.
+        let pid = unsafe { libc::syscall(libc::SYS_getpid) };
+        assert_eq!(pid, std::process::id() as libc::c_long);
+        let bad = unsafe { libc::syscall(libc::SYS_close, -1 as libc::c_long) };
+        assert_eq!(bad, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EBADF)
+        );
+
+        enable_coop_taskrun();
+        let before = report();
+        let (flags, fd) = setup(0).expect("io_uring_setup");
+        unsafe { libc::close(fd) };
+        let after = report();
+        if after.refused_by_kernel {
+            assert_eq!(flags & IORING_SETUP_COOP_TASKRUN, 0);
+        } else {
+            assert_ne!(flags & IORING_SETUP_COOP_TASKRUN, 0, "flags {flags:#x}");
+            assert!(after.coop_rings > before.coop_rings);
+        }
+
+        // A ring with flags of its own is left as asked (CQSIZE needs a size).
+        let cqsize = 1 << 3;
+        let mut params = [0u32; 30];
+        params[2] = cqsize;
+        params[1] = 8; // cq_entries
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_setup,
+                4 as libc::c_long,
+                params.as_mut_ptr(),
+            )
+        };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        unsafe { libc::close(fd as i32) };
+        assert_eq!(params[2], cqsize);
+
+        // Errors come back as -1 and errno, as from libc.
+        let err = setup(1 << 31).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+}
