@@ -6,18 +6,9 @@
 //! caller that ever builds that user's pages (see `shard.rs`), which is what
 //! makes "progress advances atomically" true without synchronisation.
 
-use ahash::{AHashMap, RandomState};
+use ahash::AHashMap;
 
-/// Seeds for the user index. Fixed so that a store's layout (and therefore its
-/// performance) does not vary from run to run; deliberately different from the
-/// seeds of `shard::owner_of`, or every key in a shard's map would share the
-/// same low hash bits and cluster in the table.
-const INDEX_SEEDS: [u64; 4] = [
-    0x243f_6a88_85a3_08d3,
-    0x1319_8a2e_0370_7344,
-    0xa409_3822_299f_31d0,
-    0x082e_fa98_ec4e_6c89,
-];
+use crate::user_table::{Entry, UserTable};
 
 /// Why a page could not be served at all. Everything else is a full or short
 /// page.
@@ -95,9 +86,7 @@ impl Pool {
 #[derive(Debug, Default)]
 pub struct StoreBuilder {
     items: Vec<u32>,
-    /// `offsets[slot]..offsets[slot + 1]` are a user's items in `items`.
-    offsets: Vec<u64>,
-    index: AHashMap<u32, u32>,
+    users: UserTable,
 }
 
 /// A user id was added twice.
@@ -108,14 +97,9 @@ impl StoreBuilder {
     /// Reserves room for `users` users holding `items` items in total, so that
     /// loading never reallocates (and never holds two copies of the items).
     pub fn with_capacity(users: usize, items: usize) -> StoreBuilder {
-        let mut offsets = Vec::with_capacity(users + 1);
-        offsets.push(0);
-        let mut index = AHashMap::with_hasher(index_hasher());
-        index.reserve(users);
         StoreBuilder {
             items: Vec::with_capacity(items),
-            offsets,
-            index,
+            users: UserTable::with_capacity(users),
         }
     }
 
@@ -125,23 +109,25 @@ impl StoreBuilder {
         user: u32,
         items: impl IntoIterator<Item = u32>,
     ) -> Result<(), DuplicateUser> {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
+        if self.users.get(user).is_some() {
+            return Err(DuplicateUser(user));
         }
-        let slot = (self.offsets.len() - 1) as u32;
-        match self.index.entry(user) {
-            std::collections::hash_map::Entry::Occupied(_) => return Err(DuplicateUser(user)),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(slot);
-            }
-        }
+        let start = self.items.len();
         self.items.extend(items);
-        self.offsets.push(self.items.len() as u64);
+        let len = self.items.len() - start;
+        // 2^32 items of one user would be 16 GiB on one line of the feed file.
+        debug_assert!(len <= u32::MAX as usize, "a feed is at most 2^32 items");
+        let entry = Entry {
+            start: start as u64,
+            len: len as u32,
+            served: 0,
+        };
+        self.users.insert(user, entry);
         Ok(())
     }
 
     pub fn users(&self) -> usize {
-        self.index.len()
+        self.users.len()
     }
 
     /// All items added so far, for frequency counting.
@@ -149,16 +135,10 @@ impl StoreBuilder {
         &self.items
     }
 
-    pub fn build(mut self, pool: Pool) -> Store {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
-        let users = self.offsets.len() - 1;
+    pub fn build(self, pool: Pool) -> Store {
         Store {
             items: self.items,
-            offsets: self.offsets,
-            progress: vec![0; users],
-            index: self.index,
+            users: self.users,
             pool,
             pool_cursor: 0,
             on_page: Vec::new(),
@@ -167,26 +147,15 @@ impl StoreBuilder {
     }
 }
 
-fn index_hasher() -> RandomState {
-    RandomState::with_seeds(
-        INDEX_SEEDS[0],
-        INDEX_SEEDS[1],
-        INDEX_SEEDS[2],
-        INDEX_SEEDS[3],
-    )
-}
-
 /// One shard's users and their progress.
 ///
-/// Invariant: `progress[slot] <= offsets[slot + 1] - offsets[slot]`, and only
-/// [`Store::next_page`] changes it, so only the owning shard does.
+/// Invariant: a user's `served <= len`, and only [`Store::next_page`] changes
+/// it, so only the owning shard does.
 #[derive(Debug)]
 pub struct Store {
+    /// Every user's items, one user after another.
     items: Vec<u32>,
-    offsets: Vec<u64>,
-    /// Items already served per user. `u32`: a feed is at most 2^32 items.
-    progress: Vec<u32>,
-    index: AHashMap<u32, u32>,
+    users: UserTable,
     pool: Pool,
     /// Where the next top-up starts in the pool, so that successive pages
     /// rotate through it instead of always showing the same first items.
@@ -199,7 +168,7 @@ pub struct Store {
 
 impl Store {
     pub fn users(&self) -> usize {
-        self.progress.len()
+        self.users.len()
     }
 
     pub fn item_count(&self) -> usize {
@@ -212,9 +181,9 @@ impl Store {
 
     /// The user's remaining personalized items, without serving them.
     pub fn remaining(&self, user: u32) -> Option<&[u32]> {
-        let slot = *self.index.get(&user)? as usize;
-        let start = self.offsets[slot] as usize + self.progress[slot] as usize;
-        Some(&self.items[start..self.offsets[slot + 1] as usize])
+        let e = self.users.get(user)?;
+        let start = (e.start + e.served as u64) as usize;
+        Some(&self.items[start..(e.start + e.len as u64) as usize])
     }
 
     /// Serves the user's next page of up to `size` items into `page` (cleared
@@ -228,17 +197,16 @@ impl Store {
     ) -> Result<PageStats, PageError> {
         page.clear();
         let mut stats = PageStats::default();
-        match self.index.get(&user) {
-            Some(&slot) => {
-                let slot = slot as usize;
-                let end = self.offsets[slot + 1] as usize;
-                let start = self.offsets[slot] as usize + self.progress[slot] as usize;
-                let take = size.min(end - start);
+        match self.users.get_mut(user) {
+            Some(e) => {
+                let left = (e.len - e.served) as usize;
+                let take = size.min(left);
                 if take > 0 {
+                    let start = (e.start + e.served as u64) as usize;
                     page.extend_from_slice(&self.items[start..start + take]);
-                    self.progress[slot] += take as u32;
+                    e.served += take as u32;
                     stats.personalized = take as u32;
-                    stats.exhausted_now = start + take == end;
+                    stats.exhausted_now = take == left;
                 }
             }
             None => stats.unknown_user = true,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`feed`]: one shard's store: users, items, progress, fallback pool. No I/O, no locks.
+//!   [`user_table`] is its index: user id -> items and progress, one slot each.
 //! - [`data`]: synthetic feeds, the feed and fallback files, item counts for the pool.
 //! - [`http`]: bytes to requests and answers to bytes (httparse, itoa). Knows no shards.
 //! - [`shard`]: ownership (`owner_of`), cross-core channels, forwarding. Knows no bytes.
@@ -31,4 +32,5 @@ pub mod metrics;
 pub mod server;
 pub mod shard;
 pub mod uring;
+pub mod user_table;
 pub mod watchdog;

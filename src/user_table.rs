@@ -1,0 +1,188 @@
+//! One shard's users: user id -> where the user's items are in the store and
+//! how many of them were served, in a single open-addressing table.
+//!
+//! Why not a `HashMap<u32, u32>` plus arrays of offsets and progress: a page
+//! for a random user then takes five dependent cache misses (the map's control
+//! bytes, its bucket, the offset, the progress, the items). Here the id, the
+//! item range and the progress share one 24-byte slot, found by linear probing
+//! from the id's hash, so a lookup usually costs one miss before the items.
+//!
+//! The table is at most [`MAX_LOAD`] full (about 1.75 slots probed per hit)
+//! and always keeps an empty slot, which ends every probe.
+
+/// Where one user's items are and how far they got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// First item in the store's item array.
+    pub start: u64,
+    /// Number of items. `u32`: a feed is at most 2^32 items.
+    pub len: u32,
+    /// Items already served (`<= len`).
+    pub served: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// `user + 1`; 0 marks an empty slot.
+    key: u64,
+    entry: Entry,
+}
+
+/// Largest share of slots in use, as a fraction `MAX_LOAD.0 / MAX_LOAD.1`.
+const MAX_LOAD: (usize, usize) = (7, 10);
+
+/// Fixed, so that a store's layout does not vary between runs; unrelated to
+/// `shard::owner_of`, whose hash every user of a shard has in common.
+const SEED: u64 = 0x243f_6a88_85a3_08d3;
+
+#[derive(Debug, Default)]
+pub struct UserTable {
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl UserTable {
+    /// A table that takes `users` users without growing.
+    pub fn with_capacity(users: usize) -> UserTable {
+        UserTable {
+            slots: vec![Slot::default(); slots_for(users)],
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `user`; `false` (and no change) if it is already there.
+    pub fn insert(&mut self, user: u32, entry: Entry) -> bool {
+        if slots_for(self.len + 1) > self.slots.len() {
+            self.grow();
+        }
+        match self.find(user) {
+            Ok(_) => false,
+            Err(empty) => {
+                self.slots[empty] = Slot {
+                    key: user as u64 + 1,
+                    entry,
+                };
+                self.len += 1;
+                true
+            }
+        }
+    }
+
+    pub fn get(&self, user: u32) -> Option<&Entry> {
+        self.find(user).ok().map(|i| &self.slots[i].entry)
+    }
+
+    pub fn get_mut(&mut self, user: u32) -> Option<&mut Entry> {
+        match self.find(user) {
+            Ok(i) => Some(&mut self.slots[i].entry),
+            Err(_) => None,
+        }
+    }
+
+    /// `Ok(slot)` of `user`, or `Err(slot)` of the empty slot that ends its
+    /// probe (where it would go).
+    fn find(&self, user: u32) -> Result<usize, usize> {
+        let n = self.slots.len();
+        if n == 0 {
+            return Err(0);
+        }
+        let key = user as u64 + 1;
+        let mut i = home(user, n);
+        loop {
+            let k = self.slots[i].key;
+            if k == key {
+                return Ok(i);
+            }
+            if k == 0 {
+                return Err(i);
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.slots);
+        self.slots = vec![Slot::default(); slots_for((self.len + 1).max(8) * 2)];
+        self.len = 0;
+        for slot in old.into_iter().filter(|s| s.key != 0) {
+            self.insert((slot.key - 1) as u32, slot.entry);
+        }
+    }
+}
+
+/// Slots for `users` users at most `MAX_LOAD` full, plus the empty slot.
+fn slots_for(users: usize) -> usize {
+    users * MAX_LOAD.1 / MAX_LOAD.0 + 1
+}
+
+/// The slot where `user`'s probe starts: a multiplicative hash mapped onto
+/// `0..n` by its high bits (no power-of-two size needed).
+fn home(user: u32, n: usize) -> usize {
+    let h = (user as u64 ^ SEED).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let h = h ^ (h >> 29);
+    ((h as u128 * n as u128) >> 64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(start: u64) -> Entry {
+        Entry {
+            start,
+            len: 3,
+            served: 0,
+        }
+    }
+
+    #[test]
+    fn finds_what_was_inserted_and_nothing_else() {
+        let mut t = UserTable::with_capacity(1000);
+        for user in (0..1000u32).map(|u| u * 7919) {
+            assert!(t.insert(user, entry(user as u64)));
+        }
+        assert_eq!(t.len(), 1000);
+        for user in (0..1000u32).map(|u| u * 7919) {
+            assert_eq!(t.get(user).unwrap().start, user as u64);
+        }
+        assert!(t.get(1).is_none());
+        assert!(!t.insert(7919, entry(0)), "a second insert is refused");
+        assert_eq!(t.get(7919).unwrap().start, 7919);
+    }
+
+    #[test]
+    fn extreme_ids_and_updates_in_place() {
+        let mut t = UserTable::default();
+        assert!(t.get(0).is_none());
+        assert!(t.insert(0, entry(1)));
+        assert!(t.insert(u32::MAX, entry(2)));
+        t.get_mut(u32::MAX).unwrap().served = 3;
+        assert_eq!(t.get(u32::MAX).unwrap().served, 3);
+        assert_eq!(t.get(0).unwrap().start, 1);
+        assert!(t.get(1).is_none());
+    }
+
+    #[test]
+    fn grows_past_its_capacity_and_keeps_everyone() {
+        let mut t = UserTable::with_capacity(2);
+        for user in 1..=10_000u32 {
+            assert!(t.insert(user, entry(user as u64)));
+            assert!(t.slots.len() > t.len(), "an empty slot always remains");
+            assert!(t.len() * MAX_LOAD.1 <= t.slots.len() * MAX_LOAD.0, "load");
+        }
+        for user in 1..=10_000u32 {
+            assert_eq!(t.get(user).unwrap().start, user as u64);
+        }
+    }
+}
