@@ -9,7 +9,9 @@
 //!
 //! CPU per request is the process's user + system time (both shards) over the
 //! requests; the difference between forwarded and local is what forwarding
-//! costs. Prints numbers only.
+//! costs. Prints numbers only. The rings are made as the server makes them
+//! (COOP_TASKRUN, `src/uring.rs`); set `SHARDFEED_NO_COOP=1` to compare
+//! against glommio's default rings.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,9 @@ fn report(name: &str, n: usize, wall: Duration, cpu: f64) {
 }
 
 fn main() {
+    if std::env::var_os("SHARDFEED_NO_COOP").is_none() {
+        shardfeed::uring::enable_coop_taskrun();
+    }
     let cpus: Vec<usize> = shardfeed::host::available_cpus();
     let cpu_of = |i: usize| cpus[i % cpus.len()];
     let mut links = shard::make_links(SHARDS).into_iter();
@@ -129,6 +134,7 @@ fn main() {
                     t.elapsed(),
                     cpu_seconds() - c,
                 );
+                println!("{}", shardfeed::uring::report());
                 std::process::exit(0);
             })
             .expect("start a shard");

@@ -11,10 +11,11 @@
 //! flag on the thread (`TWA_SIGNAL_NO_IPI`); the completion is posted at the
 //! shard's next system call or timer tick.
 //!
-//! Measured on the 2-vCPU development VM (`scripts/bench.sh --quick`, paired
-//! runs, see the README's Performance notes): the IPIs were 14% of one
-//! shard's CPU time in `perf`, and the flag cut CPU per request by about a
-//! quarter at 1 shard and a fifth at 2 shards.
+//! Measured on the 2-vCPU development VM (`scripts/bench.sh --quick`, three
+//! pairs, see the README's Performance notes): the IPI handling was 7% of one
+//! shard's CPU time in the guest's `perf` profile (the VM exits behind it do
+//! not show there), and the flag cut CPU per request by 14-27% at 1 shard and
+//! 18-32% at 2 shards.
 //!
 //! The flag is added by interposing libc's `syscall()` in this executable:
 //! glommio's bundled liburing calls `syscall(__NR_io_uring_setup, ...)`, which
