@@ -131,7 +131,11 @@ pub fn synthetic_store(spec: &Synthetic, owns: impl Fn(u32) -> bool) -> StoreBui
         SeenSet::default(),
         Vec::with_capacity(spec.feed_len as usize),
     );
-    for user in spec.user_ids().filter(|&u| owns(u)) {
+    let mut users = spec.user_ids().filter(|&u| owns(u)).peekable();
+    while let Some(user) = users.next() {
+        if let Some(&next) = users.peek() {
+            store.prefetch(next);
+        }
         synthetic_feed(spec, user, &mut seen, &mut feed);
         store
             .push_user(user, feed.iter().copied())

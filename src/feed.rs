@@ -130,6 +130,12 @@ impl StoreBuilder {
         self.users.len()
     }
 
+    /// Says which user will be pushed next, so that finding their place
+    /// overlaps with preparing the current one (see [`UserTable::prefetch`]).
+    pub fn prefetch(&self, user: u32) {
+        self.users.prefetch(user);
+    }
+
     /// All items added so far, for frequency counting.
     pub fn items(&self) -> &[u32] {
         &self.items
