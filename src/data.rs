@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use ahash::AHashMap;
 
 use crate::feed::{DuplicateUser, StoreBuilder};
+use crate::hash::mix64;
 
 /// Items counted (over all shards, each counting its first users) to find
 /// the most frequent ones. Counting every item of a large store costs seconds
@@ -169,13 +170,6 @@ pub fn write_synthetic(spec: &Synthetic, out: &mut impl Write) -> io::Result<()>
         out.write_all(&line)?;
     }
     out.flush()
-}
-
-/// SplitMix64's finalizer: a fixed, well-mixing 64-bit permutation.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// wyrand: one multiply per draw, good enough statistics for test data.

@@ -11,6 +11,7 @@
 //! - [`conn`]: one client connection on its socket: read, answer, write; deadlines, bounds.
 //! - [`watchdog`]: connection deadlines (slow head, idle, stuck write) without per-request timers.
 //! - [`server`]: start-up (bind, load, executors) and supervision.
+//! - [`hash`]: `mix64`, the mixer behind ownership, synthetic data and the user table.
 //! - [`histlog`]: the HdrHistogram interval log (writer thread, reader).
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs).
 //! - [`uring`]: io_uring rings without an IPI per completion (COOP_TASKRUN for glommio's rings).
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod conn;
 pub mod data;
 pub mod feed;
+pub mod hash;
 pub mod histlog;
 pub mod host;
 pub mod http;

@@ -29,8 +29,8 @@ use glommio::channels::shared_channel::{
 };
 use glommio::{GlommioError, ResourceType};
 
-use crate::data::mix64;
 use crate::feed::{PageError, Store};
+use crate::hash::mix64;
 use crate::http::{HttpDate, Limits};
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::watchdog::Registry;

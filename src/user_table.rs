@@ -10,6 +10,8 @@
 //! The table is at most [`MAX_LOAD`] full (about 1.75 slots probed per hit)
 //! and always keeps an empty slot, which ends every probe.
 
+use crate::hash::mix64;
+
 /// Where one user's items are and how far they got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Entry {
@@ -31,8 +33,8 @@ struct Slot {
 /// Largest share of slots in use, as a fraction `MAX_LOAD.0 / MAX_LOAD.1`.
 const MAX_LOAD: (usize, usize) = (7, 10);
 
-/// Fixed, so that a store's layout does not vary between runs; unrelated to
-/// `shard::owner_of`, whose hash every user of a shard has in common.
+/// Fixed, so that a store's layout does not vary between runs; not
+/// `shard::owner_of`'s seed, whose hash every user of a shard has in common.
 const SEED: u64 = 0x243f_6a88_85a3_08d3;
 
 #[derive(Debug, Default)]
@@ -143,12 +145,10 @@ fn slots_for(users: usize) -> usize {
     users * MAX_LOAD.1 / MAX_LOAD.0 + 1
 }
 
-/// The slot where `user`'s probe starts: a multiplicative hash mapped onto
-/// `0..n` by its high bits (no power-of-two size needed).
+/// The slot where `user`'s probe starts: the hash mapped onto `0..n` by its
+/// high bits (no power-of-two size needed).
 fn home(user: u32, n: usize) -> usize {
-    let h = (user as u64 ^ SEED).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let h = h ^ (h >> 29);
-    ((h as u128 * n as u128) >> 64) as usize
+    ((mix64(user as u64 ^ SEED) as u128 * n as u128) >> 64) as usize
 }
 
 #[cfg(test)]
