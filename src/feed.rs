@@ -109,9 +109,6 @@ impl StoreBuilder {
         user: u32,
         items: impl IntoIterator<Item = u32>,
     ) -> Result<(), DuplicateUser> {
-        if self.users.get(user).is_some() {
-            return Err(DuplicateUser(user));
-        }
         let start = self.items.len();
         self.items.extend(items);
         let len = self.items.len() - start;
@@ -122,7 +119,10 @@ impl StoreBuilder {
             len: len as u32,
             served: 0,
         };
-        self.users.insert(user, entry);
+        if !self.users.insert(user, entry) {
+            self.items.truncate(start);
+            return Err(DuplicateUser(user));
+        }
         Ok(())
     }
 
@@ -187,9 +187,7 @@ impl Store {
 
     /// The user's remaining personalized items, without serving them.
     pub fn remaining(&self, user: u32) -> Option<&[u32]> {
-        let e = self.users.get(user)?;
-        let start = (e.start + e.served as u64) as usize;
-        Some(&self.items[start..(e.start + e.len as u64) as usize])
+        Some(&self.items[self.users.get(user)?.unserved()])
     }
 
     /// Serves the user's next page of up to `size` items into `page` (cleared
@@ -205,14 +203,13 @@ impl Store {
         let mut stats = PageStats::default();
         match self.users.get_mut(user) {
             Some(e) => {
-                let left = (e.len - e.served) as usize;
-                let take = size.min(left);
+                let unserved = e.unserved();
+                let take = size.min(unserved.len());
                 if take > 0 {
-                    let start = (e.start + e.served as u64) as usize;
-                    page.extend_from_slice(&self.items[start..start + take]);
+                    page.extend_from_slice(&self.items[unserved.start..unserved.start + take]);
                     e.served += take as u32;
                     stats.personalized = take as u32;
-                    stats.exhausted_now = take == left;
+                    stats.exhausted_now = take == unserved.len();
                 }
             }
             None => stats.unknown_user = true,
@@ -352,8 +349,13 @@ mod tests {
         let mut b = StoreBuilder::default();
         b.push_user(1, [1]).unwrap();
         assert_eq!(b.push_user(1, [2]), Err(DuplicateUser(1)));
-        let s = b.build(Pool::default());
+        assert_eq!(b.items(), &[1], "a refused user leaves no items behind");
+        let mut s = b.build(Pool::default());
         assert_eq!(s.users(), 1);
+        assert_eq!(s.remaining(1).unwrap(), &[1]);
+        let mut page = Vec::new();
+        s.next_page(1, 5, &mut page).unwrap();
+        assert_eq!(page, [1]);
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub struct Entry {
     pub served: u32,
 }
 
+impl Entry {
+    /// Where the user's items not yet served are in the store's item array.
+    pub fn unserved(&self) -> std::ops::Range<usize> {
+        let end = (self.start + self.len as u64) as usize;
+        (self.start + self.served as u64) as usize..end
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     /// `user + 1`; 0 marks an empty slot.
