@@ -136,50 +136,44 @@ mod interpose {
         if n == libc::SYS_io_uring_setup && a2 != 0 {
             return io_uring_setup(a1, a2 as *mut u32);
         }
-        with_errno(raw_syscall(n, a1, a2, a3, a4, a5, a6))
+        with_errno(raw_syscall(n, [a1, a2, a3, a4, a5, a6]))
     }
 
     unsafe fn io_uring_setup(entries: c_long, params: *mut u32) -> c_long {
-        let call = |params: *mut u32| {
+        let call = || {
             raw_syscall(
                 libc::SYS_io_uring_setup,
-                entries,
-                params as c_long,
-                0,
-                0,
-                0,
-                0,
+                [entries, params as c_long, 0, 0, 0, 0],
             )
         };
         let flags = params.add(FLAGS_INDEX);
         let asked = flags.read();
         // Rings made before `enable_coop_taskrun` (the host check's probe) are
-        // neither changed nor counted.
+        // neither changed nor counted; rings with flags of their own are left
+        // as asked.
         let enabled = ENABLED.load(Ordering::Relaxed);
-        if asked != 0 || !enabled || REFUSED.load(Ordering::Relaxed) {
-            let fd = call(params);
-            if fd >= 0 && enabled {
-                OTHER_RINGS.fetch_add(1, Ordering::Relaxed);
-            }
-            return with_errno(fd);
+        let try_flag = enabled && asked == 0 && !REFUSED.load(Ordering::Relaxed);
+        let mut fd = -1;
+        if try_flag {
+            flags.write(IORING_SETUP_COOP_TASKRUN);
+            fd = call();
         }
-        flags.write(asked | IORING_SETUP_COOP_TASKRUN);
-        let fd = call(params);
-        if fd >= 0 {
-            COOP_RINGS.fetch_add(1, Ordering::Relaxed);
-            return fd;
-        }
-        // Not necessarily the flag: retry once without it, and only blame the
-        // flag if the plain call works.
-        flags.write(asked);
-        let plain = call(params);
-        if plain >= 0 {
-            if fd == -(libc::EINVAL as c_long) {
+        let with_flag = fd >= 0;
+        if !with_flag {
+            // Not necessarily the flag's fault: blame it only if the call works
+            // without it.
+            let refused = try_flag && fd == -(libc::EINVAL as c_long);
+            flags.write(asked);
+            fd = call();
+            if fd >= 0 && refused {
                 REFUSED.store(true, Ordering::Relaxed);
             }
-            OTHER_RINGS.fetch_add(1, Ordering::Relaxed);
         }
-        with_errno(plain)
+        if fd >= 0 && enabled {
+            let count = if with_flag { &COOP_RINGS } else { &OTHER_RINGS };
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        with_errno(fd)
     }
 
     /// libc's convention: -1 and `errno` for results in -4095..=-1.
@@ -193,25 +187,17 @@ mod interpose {
     }
 
     #[inline(always)]
-    unsafe fn raw_syscall(
-        n: c_long,
-        a1: c_long,
-        a2: c_long,
-        a3: c_long,
-        a4: c_long,
-        a5: c_long,
-        a6: c_long,
-    ) -> c_long {
+    unsafe fn raw_syscall(n: c_long, a: [c_long; 6]) -> c_long {
         let ret: c_long;
         std::arch::asm!(
             "syscall",
             inlateout("rax") n => ret,
-            in("rdi") a1,
-            in("rsi") a2,
-            in("rdx") a3,
-            in("r10") a4,
-            in("r8") a5,
-            in("r9") a6,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -224,11 +210,13 @@ mod interpose {
 mod tests {
     use super::*;
 
-    /// Calls `io_uring_setup` the way liburing does and returns the flags the
-    /// kernel saw (it copies the parameters back) and the ring's descriptor.
-    fn setup(flags: u32) -> std::io::Result<(u32, i32)> {
+    /// Calls `io_uring_setup` the way liburing does, closes the ring, and
+    /// returns the flags the kernel saw (it copies the parameters back).
+    fn setup(flags: u32, cq_entries: u32) -> std::io::Result<u32> {
         let mut params = [0u32; 30]; // struct io_uring_params is 120 bytes
+        params[1] = cq_entries;
         params[2] = flags;
+        // SAFETY: io_uring_setup reads and writes only `params`.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_setup,
@@ -239,7 +227,9 @@ mod tests {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok((params[2], fd as i32))
+        // SAFETY: `fd` is the ring we just made.
+        unsafe { libc::close(fd as i32) };
+        Ok(params[2])
     }
 
     #[test]
@@ -256,8 +246,7 @@ mod tests {
 
         enable_coop_taskrun();
         let before = report();
-        let (flags, fd) = setup(0).expect("io_uring_setup");
-        unsafe { libc::close(fd) };
+        let flags = setup(0, 0).expect("io_uring_setup");
         let after = report();
         if after.refused_by_kernel {
             assert_eq!(flags & IORING_SETUP_COOP_TASKRUN, 0);
@@ -268,22 +257,13 @@ mod tests {
 
         // A ring with flags of its own is left as asked (CQSIZE needs a size).
         let cqsize = 1 << 3;
-        let mut params = [0u32; 30];
-        params[2] = cqsize;
-        params[1] = 8; // cq_entries
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_io_uring_setup,
-                4 as libc::c_long,
-                params.as_mut_ptr(),
-            )
-        };
-        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-        unsafe { libc::close(fd as i32) };
-        assert_eq!(params[2], cqsize);
+        assert_eq!(
+            setup(cqsize, 8).expect("io_uring_setup with CQSIZE"),
+            cqsize
+        );
 
         // Errors come back as -1 and errno, as from libc.
-        let err = setup(1 << 31).unwrap_err();
+        let err = setup(1 << 31, 0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     }
 }
