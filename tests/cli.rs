@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
+use std::time::Duration;
 
 fn fails_with(out: std::process::Output, wanted: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -202,32 +203,21 @@ fn io_uring_rings_report_coop_taskrun() {
     let kernel_has_flag = (major, minor) >= (5, 19);
 
     let start = |extra: &[&str]| -> String {
-        let mut child = std::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"])
-            .args(["--users", "100"])
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap()
-            .to_string();
+        let mut args = vec!["--shards", "2", "--users", "100"];
+        args.extend_from_slice(extra);
+        let mut server = Server::start_with_stderr(&args, std::process::Stdio::piped());
+        let mut stderr = server.child.stderr.take().unwrap();
         // Users 1..=100 spread over both shards: both paths answer.
         for user in [1, 2, 3, 4, 5, 6] {
-            let mut client = Client::connect(addr.parse().unwrap());
-            let response = client.get(&format!("/feed/{user}?size=3"));
+            let response = server.get(&format!("/feed/{user}?size=3"));
             assert_eq!(response.status, 200, "user {user}");
             assert_eq!(response.items().len(), 3);
         }
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let (status, _, _) = server.terminate(Duration::from_secs(10));
+        assert!(status.success(), "{status}");
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        text
     };
 
     let default = start(&[]);

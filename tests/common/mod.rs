@@ -77,11 +77,17 @@ impl Server {
     /// Starts `shardfeed serve --listen 127.0.0.1:0 ARGS` and waits for its
     /// `listening on` line.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_stderr(args, Stdio::inherit())
+    }
+
+    /// As [`Server::start`], with the server's stderr going to `stderr`
+    /// (`Stdio::piped()`: read `child.stderr` after `terminate`).
+    pub fn start_with_stderr(args: &[&str], stderr: Stdio) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start shardfeed");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
