@@ -1,4 +1,5 @@
-//! The command line: `shardfeed serve` and `shardfeed gen`.
+//! The command line: its subcommands and flags, checked into the
+//! configurations that the rest of the crate runs on.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,11 +8,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::conn::ConnLimits;
-use crate::data::{self, Synthetic};
 use crate::host;
 use crate::http::{self, Limits};
-use crate::server::{ServeConfig, Source};
+use crate::load::{Feeds, Source};
+use crate::server::ServeConfig;
 use crate::shard;
+use crate::synthetic::{self, Synthetic};
 use crate::{histlog, metrics};
 
 /// Largest accepted `--max-size`: a page is one answer, not a data dump.
@@ -258,17 +260,19 @@ impl ServeArgs {
         Ok(ServeConfig {
             listen: self.listen,
             cpus,
-            source,
-            fallback: self.fallback.clone(),
-            fallback_size: self.fallback_size,
-            limits: Limits {
-                default_size: self.default_size,
-                max_size: self.max_size,
-                max_head: self.max_head_bytes,
-                max_request_line: self.max_request_line,
-                max_body: self.max_body_bytes,
+            feeds: Feeds {
+                source,
+                fallback: self.fallback.clone(),
+                fallback_size: self.fallback_size,
             },
             conn_limits: ConnLimits {
+                http: Limits {
+                    default_size: self.default_size,
+                    max_size: self.max_size,
+                    max_head: self.max_head_bytes,
+                    max_request_line: self.max_request_line,
+                    max_body: self.max_body_bytes,
+                },
                 header_timeout: self.header_timeout,
                 idle_timeout: self.idle_timeout,
                 write_timeout: self.write_timeout,
@@ -303,9 +307,9 @@ impl GenArgs {
             Some(path) => {
                 let file = std::fs::File::create(path)
                     .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                data::write_synthetic(&spec, &mut std::io::BufWriter::with_capacity(1 << 20, file))
+                synthetic::write_synthetic(&spec, &mut std::io::BufWriter::with_capacity(1 << 20, file))
             }
-            None => data::write_synthetic(
+            None => synthetic::write_synthetic(
                 &spec,
                 &mut std::io::BufWriter::new(std::io::stdout().lock()),
             ),

@@ -1,4 +1,4 @@
-//! One client connection on its socket: read, answer (see `answer.rs`),
+//! One client connection on its socket: read into its [`Session`], answer,
 //! write, repeat, within deadlines and bounds.
 //!
 //! Bounds: a round answers at most `max_pipeline` requests or `max_unsent`
@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::answer::{Answers, Backend, Report};
-use crate::http::{self, HttpDate, HttpError, Limits, Persist};
-use crate::metrics::{self, Class, Route};
-use crate::shard::{Pending, Shard, Ticket};
-use crate::watchdog::{Expired, Phase, Registration, Watch};
+use crate::http::{self, Framing, HttpError, Limits, Persist};
+use crate::session::Session;
+use crate::shard::Shard;
+use crate::watchdog::{Expired, Phase, Registration};
 
 /// After the last answer on a connection we close, how long to keep reading
 /// (and discarding) what the client still sends, so that unread bytes do not
@@ -33,6 +32,8 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Per-connection limits from the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
+    /// Request limits and page sizes.
+    pub http: Limits,
     /// A request head must be complete this long after its first byte.
     pub header_timeout: Duration,
     /// An idle keep-alive connection is closed after this long.
@@ -60,7 +61,13 @@ pub fn accept(
     let task = if registry.open() < limits.max_connections {
         shard.metrics.borrow_mut().counters.connections_accepted += 1;
         let watch = registry.register(stream.as_raw_fd(), Instant::now() + limits.idle_timeout);
-        gate.spawn(serve(stream, shard.clone(), limits, watch))
+        let session = Session::new(
+            shard.clone(),
+            limits.http,
+            limits.max_pipeline,
+            limits.max_unsent,
+        );
+        gate.spawn(serve(stream, session, watch, limits))
     } else {
         gate.spawn(refuse(stream, shard.clone()))
     };
@@ -69,18 +76,22 @@ pub fn accept(
     }
 }
 
-/// Serves one connection until the client closes it, an error, a request
-/// that ends it, a deadline, or shutdown while it is idle.
-async fn serve(mut stream: TcpStream, shard: Rc<Shard>, limits: ConnLimits, watch: Registration) {
+/// Serves one connection until the client closes it, an error, an answer
+/// that closes it, a deadline, or shutdown while it is idle.
+async fn serve(
+    mut stream: TcpStream,
+    mut session: Session<Rc<Shard>>,
+    watch: Registration,
+    limits: ConnLimits,
+) {
     // Answers are written whole, so Nagle would only delay them.
     let _ = stream.set_nodelay(true);
-    let mut conn = Answers::new(shard, limits.max_pipeline, limits.max_unsent);
-    run(&mut stream, &mut conn, &watch, limits).await;
+    run(&mut stream, &mut session, &watch, limits).await;
     if matches!(
         watch.expired(),
         Some(Expired::Idle | Expired::Head | Expired::Write)
     ) {
-        let mut m = conn.backend.metrics.borrow_mut();
+        let mut m = session.backend().metrics.borrow_mut();
         m.counters.timed_out_connections += 1;
     }
 }
@@ -88,27 +99,22 @@ async fn serve(mut stream: TcpStream, shard: Rc<Shard>, limits: ConnLimits, watc
 /// The connection's read-answer-write loop.
 async fn run(
     stream: &mut TcpStream,
-    conn: &mut Answers<Rc<Shard>>,
-    watch: &Watch,
+    session: &mut Session<Rc<Shard>>,
+    watch: &Registration,
     limits: ConnLimits,
 ) {
     let mut more_ready = false;
     let mut head_since: Option<Instant> = None;
     loop {
         if !more_ready {
-            if conn.input.is_empty() && conn.backend.shutting_down() {
+            if !session.has_input() && session.backend().stopping() {
                 return;
             }
-            match stream.read(conn.input.spare()).await {
-                Ok(n) if n > 0 && watch.expired().is_none() => conn.input.received(n),
+            match stream.read(session.read_buf()).await {
+                Ok(n) if n > 0 && watch.expired().is_none() => session.received(n),
                 _ => {
                     if watch.expired() == Some(Expired::Head) {
-                        conn.out.clear();
-                        conn.encode_error(Route::Local, HttpError::Timeout, Persist::Close);
-                        if stream.write_all(&conn.out).await.is_ok() {
-                            conn.record(Instant::now());
-                            linger(stream, conn.input.spare()).await;
-                        }
+                        time_out(stream, session).await;
                     }
                     return;
                 }
@@ -116,22 +122,22 @@ async fn run(
         }
         let started = Instant::now();
         watch.enter(Phase::Busy, None);
-        let round = conn.answer_ready_requests(started);
+        let round = session.answer_ready(started);
         more_ready = round.more_ready;
-        conn.flush_queued().await;
-        if !conn.out.is_empty() {
+        session.finish_round().await;
+        if !session.output().is_empty() {
             watch.enter(Phase::Writing, Some(started + limits.write_timeout));
-            if stream.write_all(&conn.out).await.is_err() {
+            if stream.write_all(session.output()).await.is_err() {
                 return;
             }
-            conn.out.clear();
+            session.written();
         }
-        let now = conn.record(started);
+        let now = session.record(started);
         if round.close {
-            linger(stream, conn.input.spare()).await;
+            linger(stream, session.read_buf()).await;
             return;
         }
-        if conn.input.is_empty() {
+        if !session.has_input() {
             head_since = None;
             watch.enter(Phase::Idle, Some(now + limits.idle_timeout));
         } else if !more_ready {
@@ -141,44 +147,15 @@ async fn run(
     }
 }
 
-/// The real backend: a shard, forwarding to the others.
-impl Backend for Rc<Shard> {
-    type Forwarded = Ticket;
-
-    fn limits(&self) -> Limits {
-        self.limits
-    }
-
-    fn date(&self) -> HttpDate {
-        Shard::date(self)
-    }
-
-    #[inline]
-    fn page(&self, user: u32, size: u16, now: Instant) -> Pending<Ticket> {
-        Shard::page(self, user, size, now)
-    }
-
-    fn recycle(&self, page: Vec<u32>) {
-        Shard::recycle(self, page)
-    }
-
-    fn record(&self, answered: &[(Route, Class)], us: u64) {
-        let mut m = self.metrics.borrow_mut();
-        for &(route, class) in answered {
-            m.record(route, class, us);
-        }
-    }
-
-    /// Gathers every shard's snapshot over the control channels.
-    async fn report(&self, report: Report) -> Option<(&'static str, String)> {
-        let snapshots = self.snapshots().await.ok()?;
-        Some(match report {
-            Report::Stats => ("application/json", metrics::stats_json(&snapshots)),
-            Report::Metrics => (
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::prometheus_text(&snapshots),
-            ),
-        })
+/// A request head did not arrive in time: `408` and close.
+#[cold]
+async fn time_out(stream: &mut TcpStream, session: &mut Session<Rc<Shard>>) {
+    let started = Instant::now();
+    session.fail_and_close(HttpError::Timeout);
+    if stream.write_all(session.output()).await.is_ok() {
+        session.written();
+        session.record(started);
+        linger(stream, session.read_buf()).await;
     }
 }
 
@@ -186,7 +163,7 @@ impl Backend for Rc<Shard> {
 async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut out = Vec::new();
     let err = HttpError::TooManyConnections;
-    http::encode_error(&mut out, &shard.date(), Persist::Close, err);
+    http::encode_error(&mut out, &http::cached_date(), Framing::full(Persist::Close), err);
     shard.metrics.borrow_mut().counters.refused_connections += 1;
     let write = async { stream.write_all(&out).await.map_err(Into::into) };
     if glommio::timer::timeout(Duration::from_secs(1), write)

@@ -10,24 +10,25 @@ use ahash::AHashMap;
 
 use crate::user_table::{Entry, UserTable};
 
-/// Why a page could not be served at all. Everything else is a full or short
-/// page.
+/// Why a page request got no page: the one outcome type from the store to
+/// the wire. The store itself only ever says `NothingToServe`; `Overloaded`
+/// comes from the queues between shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PageError {
+pub enum Unserved {
     /// The user's personalized items are used up (or the user is unknown) and
     /// the fallback pool has nothing to add.
     NothingToServe,
+    /// Too many requests in flight to the user's owner: try again.
+    Overloaded,
 }
 
-/// What one call to [`Store::next_page`] put on the page.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PageStats {
-    pub personalized: u32,
-    pub fallback: u32,
-    /// The user id is not in this store.
-    pub unknown_user: bool,
-    /// This call served the user's last personalized item.
-    pub exhausted_now: bool,
+/// A page buffer and what became of the request it was taken for. The
+/// buffer always travels with the outcome, so that whoever holds a `Page`
+/// holds the one buffer to give back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<u32>,
+    pub outcome: Result<(), Unserved>,
 }
 
 /// Running totals of one store, read by metrics.
@@ -126,10 +127,6 @@ impl StoreBuilder {
         Ok(())
     }
 
-    pub fn users(&self) -> usize {
-        self.users.len()
-    }
-
     /// Says which user will be pushed next, so that finding their place
     /// overlaps with preparing the current one (see [`UserTable::prefetch`]).
     pub fn prefetch(&self, user: u32) {
@@ -193,47 +190,60 @@ impl Store {
     /// Serves the user's next page of up to `size` items into `page` (cleared
     /// first): the next unseen personalized items in feed order, then distinct
     /// pool items not already on the page. Advances the user's progress.
-    pub fn next_page(
-        &mut self,
-        user: u32,
-        size: usize,
-        page: &mut Vec<u32>,
-    ) -> Result<PageStats, PageError> {
+    pub fn next_page(&mut self, user: u32, size: usize, page: &mut Vec<u32>) -> Result<(), Unserved> {
+        self.fill(user, size, page, true)
+    }
+
+    /// The page [`Store::next_page`] would serve now, without serving it:
+    /// no progress, no pool rotation, no counters (for `HEAD`).
+    pub fn peek_page(&mut self, user: u32, size: usize, page: &mut Vec<u32>) -> Result<(), Unserved> {
+        self.fill(user, size, page, false)
+    }
+
+    fn fill(&mut self, user: u32, size: usize, page: &mut Vec<u32>, serve: bool) -> Result<(), Unserved> {
         page.clear();
-        let mut stats = PageStats::default();
+        let (mut unknown, mut exhausted_now) = (false, false);
         match self.users.get_mut(user) {
             Some(e) => {
                 let unserved = e.unserved();
                 let take = size.min(unserved.len());
-                if take > 0 {
-                    page.extend_from_slice(&self.items[unserved.start..unserved.start + take]);
+                page.extend_from_slice(&self.items[unserved.start..unserved.start + take]);
+                if serve && take > 0 {
                     e.served += take as u32;
-                    stats.personalized = take as u32;
-                    stats.exhausted_now = take == unserved.len();
+                    exhausted_now = take == unserved.len();
                 }
             }
-            None => stats.unknown_user = true,
+            None => unknown = true,
         }
-        if page.len() < size {
-            stats.fallback = self.top_up(page, size) as u32;
+        let personalized = page.len();
+        let fallback = if page.len() < size {
+            self.top_up(page, size, serve)
+        } else {
+            0
+        };
+        if !serve {
+            return if page.is_empty() {
+                Err(Unserved::NothingToServe)
+            } else {
+                Ok(())
+            };
         }
-
         let c = &mut self.counters;
-        c.unknown_users += stats.unknown_user as u64;
-        c.exhausted_users += stats.exhausted_now as u64;
+        c.unknown_users += unknown as u64;
+        c.exhausted_users += exhausted_now as u64;
         if page.is_empty() {
             c.nothing_to_serve += 1;
-            return Err(PageError::NothingToServe);
+            return Err(Unserved::NothingToServe);
         }
         c.pages += 1;
-        c.personalized_items += stats.personalized as u64;
-        c.fallback_items += stats.fallback as u64;
-        Ok(stats)
+        c.personalized_items += personalized as u64;
+        c.fallback_items += fallback as u64;
+        Ok(())
     }
 
     /// Fills `page` up to `size` from the pool, skipping items already on it.
-    /// Returns how many items were added.
-    fn top_up(&mut self, page: &mut Vec<u32>, size: usize) -> usize {
+    /// Returns how many items were added. Rotates the pool only if `serve`.
+    fn top_up(&mut self, page: &mut Vec<u32>, size: usize, serve: bool) -> usize {
         let n = self.pool.items.len();
         if n == 0 {
             return 0;
@@ -260,7 +270,9 @@ impl Store {
                 pos = 0;
             }
         }
-        self.pool_cursor = pos;
+        if serve {
+            self.pool_cursor = pos;
+        }
         page.len() - before
     }
 }
@@ -281,10 +293,10 @@ mod tests {
     fn serves_personalized_items_in_order_then_advances() {
         let mut s = store(&[(7, &[1, 2, 3, 4, 5])], &[100, 101]);
         let mut page = Vec::new();
-        let st = s.next_page(7, 2, &mut page).unwrap();
+        s.next_page(7, 2, &mut page).unwrap();
         assert_eq!(page, [1, 2]);
-        assert_eq!(st.personalized, 2);
-        assert!(!st.exhausted_now);
+        assert_eq!(s.counters().personalized_items, 2);
+        assert_eq!(s.counters().exhausted_users, 0);
         s.next_page(7, 2, &mut page).unwrap();
         assert_eq!(page, [3, 4]);
         assert_eq!(s.remaining(7).unwrap(), &[5]);
@@ -294,25 +306,17 @@ mod tests {
     fn tops_up_from_pool_without_items_already_on_page() {
         let mut s = store(&[(1, &[10, 20, 30])], &[20, 40, 50, 60]);
         let mut page = Vec::new();
-        let st = s.next_page(1, 5, &mut page).unwrap();
+        s.next_page(1, 5, &mut page).unwrap();
         assert_eq!(page, [10, 20, 30, 40, 50]);
-        assert_eq!(
-            st,
-            PageStats {
-                personalized: 3,
-                fallback: 2,
-                unknown_user: false,
-                exhausted_now: true
-            }
-        );
-        assert_eq!(s.counters().exhausted_users, 1);
+        let c = s.counters();
+        assert_eq!((c.personalized_items, c.fallback_items), (3, 2));
+        assert_eq!((c.unknown_users, c.exhausted_users), (0, 1));
         // Exhausted user: fallback only, rotation continues where it stopped.
         s.next_page(1, 2, &mut page).unwrap();
         assert_eq!(page, [60, 20]);
-        let st = s.next_page(1, 2, &mut page).unwrap();
-        assert_eq!(st.fallback, 2);
-        assert!(!st.exhausted_now, "exhaustion is counted once");
-        assert_eq!(s.counters().exhausted_users, 1);
+        s.next_page(1, 2, &mut page).unwrap();
+        assert_eq!(s.counters().fallback_items, 6);
+        assert_eq!(s.counters().exhausted_users, 1, "exhaustion is counted once");
     }
 
     #[test]
@@ -326,7 +330,7 @@ mod tests {
         assert_eq!(page, [5]);
         assert_eq!(
             empty.next_page(1, 10, &mut page),
-            Err(PageError::NothingToServe)
+            Err(Unserved::NothingToServe)
         );
         assert_eq!(empty.counters().nothing_to_serve, 1);
     }
@@ -335,8 +339,7 @@ mod tests {
     fn unknown_user_gets_pool_items_and_is_counted() {
         let mut s = store(&[(1, &[5])], &[8, 9, 10]);
         let mut page = Vec::new();
-        let st = s.next_page(42, 2, &mut page).unwrap();
-        assert!(st.unknown_user);
+        s.next_page(42, 2, &mut page).unwrap();
         assert_eq!(page, [8, 9]);
         assert_eq!(s.counters().unknown_users, 1);
         assert_eq!(s.remaining(42), None);
@@ -362,8 +365,28 @@ mod tests {
     fn user_with_empty_feed_is_known_but_gets_fallback() {
         let mut s = store(&[(3, &[])], &[1]);
         let mut page = Vec::new();
-        let st = s.next_page(3, 1, &mut page).unwrap();
-        assert!(!st.unknown_user);
+        s.next_page(3, 1, &mut page).unwrap();
+        assert_eq!(s.counters().unknown_users, 0);
         assert_eq!(page, [1]);
+    }
+
+    #[test]
+    fn a_peek_is_the_next_page_without_serving_it() {
+        let mut s = store(&[(1, &[10, 20, 30])], &[40, 50, 60]);
+        let (mut peeked, mut page) = (Vec::new(), Vec::new());
+        s.next_page(1, 2, &mut page).unwrap();
+        let before = s.counters();
+        s.peek_page(1, 3, &mut peeked).unwrap();
+        s.peek_page(1, 3, &mut peeked).unwrap();
+        assert_eq!(peeked, [30, 40, 50]);
+        assert_eq!(s.counters(), before, "a peek counts nothing");
+        s.next_page(1, 3, &mut page).unwrap();
+        assert_eq!(page, peeked, "and changes nothing");
+        s.peek_page(99, 2, &mut peeked).unwrap();
+        s.next_page(99, 2, &mut page).unwrap();
+        assert_eq!(page, peeked, "the pool did not rotate for the peek");
+        let mut empty = store(&[(1, &[])], &[]);
+        assert_eq!(empty.peek_page(1, 3, &mut peeked), Err(Unserved::NothingToServe));
+        assert_eq!(empty.counters().nothing_to_serve, 0);
     }
 }

@@ -1,38 +1,60 @@
 //! shardfeed: a thread-per-core recommendation-feed server on glommio.
 //!
 //! # Layout
-//! - [`feed`]: one shard's store: users, items, progress, fallback pool. No I/O, no locks.
-//!   [`user_table`] is its index: user id -> items and progress, one slot each.
-//! - [`data`]: synthetic feeds, the feed and fallback files, item counts for the pool.
-//! - [`http`]: bytes to requests and answers to bytes (httparse, itoa). Knows no shards.
-//! - [`shard`]: ownership (`owner_of`), cross-core channels, forwarding. Knows no bytes.
-//! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics` and summary rendering.
-//! - [`answer`]: the socket-free answer loop: decode, answer or forward, keep order.
-//! - [`conn`]: one client connection on its socket: read, answer, write; deadlines, bounds.
-//! - [`watchdog`]: connection deadlines (slow head, idle, stuck write) without per-request timers.
-//! - [`server`]: start-up (bind, load, executors) and supervision.
-//! - [`hash`]: `mix64`, the mixer behind ownership, synthetic data and the user table.
-//! - [`histlog`]: the HdrHistogram interval log (writer thread, reader).
-//! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs).
-//! - [`uring`]: io_uring rings without an IPI per completion (COOP_TASKRUN for glommio's rings).
-//! - [`cli`]: the command line.
 //!
-//! Error policy: hot code returns small enums (`http::HttpError`,
-//! `feed::PageError`, `shard::Unserved`); start-up code returns a `String`
-//! that tells the operator what to change, printed once by `main`.
+//! The path of one `GET /feed/42`, in the order it runs:
+//! - [`conn`]: the connection's socket loop: read bytes into its session,
+//!   write the answers back, keep deadlines.
+//! - [`session`]: the connection's protocol state: decode each request,
+//!   answer it or ask the shards, keep answers in request order.
+//! - [`http`]: bytes on the wire: request heads in ([`http::decode`]),
+//!   answers out ([`http::encode`]). Knows no shards.
+//! - [`shard`]: cores, ownership and forwarding: ask the local store if this
+//!   shard owns the user, else send to the owner and wait. Knows no bytes.
+//! - [`feed`]: one shard's store: users, items, progress, the fallback pool.
+//!   No I/O, no locks, no idea that other shards exist. Its index is
+//!   [`user_table`].
+//!
+//! A local page runs through those five files; a forwarded one adds
+//! [`shard`]'s own parts (`shard/tickets.rs` on the origin).
+//!
+//! Around the path:
+//! - [`server`]: start-up (bind, load, one executor per shard), supervision,
+//!   shutdown; [`server::start`] is the seam that tests run servers through.
+//! - [`load`]: feed and fallback files into stores, in parallel per shard;
+//!   [`synthetic`]: the embedded default data set.
+//! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics`
+//!   and the summary. [`histlog`]: the HdrHistogram interval log.
+//! - [`watchdog`]: connection deadlines without a timer per request.
+//! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs); [`cli`]:
+//!   the command line.
+//! - [`decimal`], [`hash`]: the one decimal parser and the one mixer.
+//! - [`uring`]: the process's io_uring setup is intercepted there, to give
+//!   glommio's rings `IORING_SETUP_COOP_TASKRUN` (no IPI per completion).
+//! - `testing` (feature `testing`, and this crate's tests): a session over
+//!   one store without sockets, and the oracle of the property and fuzz
+//!   tests.
+//!
+//! Error policy: hot code returns small `Copy` enums ([`http::HttpError`],
+//! [`feed::Unserved`]); start-up code returns a `String` that tells the
+//! operator what to change, printed once by `main`.
 
-pub mod answer;
 pub mod cli;
 pub mod conn;
-pub mod data;
+pub mod decimal;
 pub mod feed;
 pub mod hash;
 pub mod histlog;
 pub mod host;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod server;
+pub mod session;
 pub mod shard;
+pub mod synthetic;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod uring;
 pub mod user_table;
 pub mod watchdog;

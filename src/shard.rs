@@ -1,39 +1,43 @@
-//! Shards: which core owns which user, and how a request reaches the owner.
+//! Shards: which core owns which user, and how a page request reaches the
+//! owner.
 //!
-//! This is the only module that knows about cores, ownership and the
-//! cross-core channels. Every page request has the same shape: if this shard
-//! owns the user, build the page from the local store right away; otherwise
-//! send it to the owner and wait for the answer (see [`PageRequest`]).
+//! Every page request has one shape (Seastar's `sharded_cache`): if this
+//! shard owns the user, ask the local store; otherwise send the request to
+//! the owner over a cross-core channel and wait for its reply. Only the owner
+//! ever touches a user's progress, so progress needs no locks and no atomics.
+//! Ownership is decided here alone, by [`owner_of`]; the loaders ask it which
+//! users each shard keeps.
 //!
-//! Topology: for every ordered pair of shards (a, b) there is one bounded
-//! request channel a -> b and one bounded reply channel b -> a. On b, one task
-//! per peer serves a's requests; on a, one task per peer completes a's
-//! waiting requests from the replies.
+//! Around this core: [`tickets`] (the origin's table of requests awaiting a
+//! reply), [`mesh`] (creating and connecting the channels), [`control`]
+//! (gathering every shard's metrics, and the shard's stop announcement).
 //!
-//! Why this cannot deadlock: requests are only ever sent with `try_send` (a
-//! full queue answers `503` at once), so a connection task never waits on a
-//! channel. The only task that waits to send is the owner's serving task
-//! (waiting for room in a reply channel), and the task that empties a reply
-//! channel sends nothing at all, so it always makes progress. There is no
-//! cycle of senders waiting on each other (glommio issue 555).
+//! Why forwarding cannot deadlock: requests are only ever sent with
+//! `try_send` (a full queue answers `503` at once), so a connection task never
+//! waits on a channel. The only task that waits to send is the owner's
+//! serving task (waiting for room in a reply channel), and the task that
+//! empties a reply channel sends nothing at all, so it always makes progress.
+//! There is no cycle of senders waiting on each other (glommio issue 555).
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
+mod control;
+mod mesh;
+mod tickets;
+
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use glommio::channels::shared_channel::{
-    ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
-};
+use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::{GlommioError, ResourceType};
 
-use crate::feed::{PageError, Store};
+use crate::session::{Backend, PageAsk, Pending};
+use crate::feed::{Page, Store, Unserved};
 use crate::hash::mix64;
-use crate::http::{HttpDate, Limits};
-use crate::metrics::{ShardMetrics, Snapshot};
+use crate::metrics::{Class, Route, ShardMetrics, Snapshot};
 use crate::watchdog::Registry;
+pub use mesh::{make_links, Links};
+use tickets::{Tickets, Token};
+pub use tickets::Ticket;
 
 /// Requests queued to one peer before `503`.
 pub const REQUEST_QUEUE: usize = 1024;
@@ -63,14 +67,6 @@ pub fn owner_of(user: u32, shards: usize) -> ShardId {
     ShardId((mix64(user as u64 ^ OWNER_SEED) % shards as u64) as usize)
 }
 
-/// Identifies a waiting request in its origin's [`Tickets`]: slot index and
-/// the slot's generation, so a late reply can never complete a reused slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Token {
-    slot: u32,
-    generation: u32,
-}
-
 /// A page request forwarded from its origin shard to the user's owner.
 ///
 /// Contract:
@@ -79,17 +75,16 @@ pub struct Token {
 /// - The owner answers every request it receives, in the order received,
 ///   with exactly one [`PageReply`] carrying the same `token`, on the reply
 ///   channel back to the origin.
-/// - `page` is an empty buffer of the origin's (capacity >= `size`); the owner
-///   fills it and sends it back, and the origin reuses it: forwarding
-///   allocates nothing in steady state.
+/// - `items` is an empty buffer of the origin's (capacity >= `size`); the
+///   owner fills it and sends it back in the reply's [`Page`], and the origin
+///   reuses it: forwarding allocates nothing in steady state.
 /// - If a channel closes, its shard has stopped, and the process stops with
 ///   it (see `server.rs`): no request is silently dropped in a live server.
 #[derive(Debug)]
 pub struct PageRequest {
     pub token: Token,
-    pub user: u32,
-    pub size: u16,
-    pub page: Vec<u32>,
+    pub ask: PageAsk,
+    pub items: Vec<u32>,
     /// When the origin sent it, for the round-trip histogram.
     pub sent_at: Instant,
 }
@@ -98,159 +93,100 @@ pub struct PageRequest {
 #[derive(Debug)]
 pub struct PageReply {
     pub token: Token,
-    pub page: Vec<u32>,
-    pub result: Result<(), PageError>,
+    pub page: Page,
     pub sent_at: Instant,
 }
 
-/// A request for the receiving shard's metrics snapshot (`/stats`,
-/// `/metrics`). Same rules as [`PageRequest`]: sent with `try_send` only,
-/// answered with exactly one [`ControlReply`] carrying the same `seq`. A
-/// shard gathers one set of snapshots at a time, and drops replies with an
-/// older `seq` (left by a gather whose client went away).
-#[derive(Debug)]
-pub struct ControlRequest {
-    pub seq: u64,
-}
-
-#[derive(Debug)]
-pub struct ControlReply {
-    pub seq: u64,
-    pub snapshot: Box<Snapshot>,
-}
-
-/// Why a page request got no page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unserved {
-    /// The store had nothing to serve for the user.
-    NothingToServe,
-    /// Too many requests in flight to the owner: try again.
-    Overloaded,
-}
-
-impl From<PageError> for Unserved {
-    fn from(e: PageError) -> Unserved {
-        match e {
-            PageError::NothingToServe => Unserved::NothingToServe,
-        }
-    }
-}
-
-type PageResult = Result<Vec<u32>, Unserved>;
-
-/// One shard's view of the world, shared by its tasks (never across cores).
+/// One shard's state, shared by its tasks (never across cores).
 pub struct Shard {
     pub id: ShardId,
     shards: usize,
-    pub limits: Limits,
+    /// Only this shard's users; only this shard's tasks touch it.
     store: RefCell<Store>,
-    date: Cell<HttpDate>,
-    /// `to_peer[p]`: request channel to shard p (`None` for ourselves).
-    to_peer: Vec<Option<ConnectedSender<PageRequest>>>,
+    /// `peers[p]`: request channel to shard p (`None` for ourselves).
+    peers: Vec<Option<ConnectedSender<PageRequest>>>,
     tickets: RefCell<Tickets>,
+    /// Page buffers for reuse, each with room for the largest page.
     free_pages: RefCell<Vec<Vec<u32>>>,
+    page_capacity: usize,
     pub metrics: RefCell<ShardMetrics>,
-    /// Control channels to and from each peer, for snapshots.
-    control_to: Vec<Option<ConnectedSender<ControlRequest>>>,
-    control_replies: Vec<Option<ConnectedReceiver<ControlReply>>>,
-    /// One snapshot gathering at a time (it reads the reply channels).
-    gathering: glommio::sync::Semaphore,
-    gather_seq: Cell<u64>,
+    control: control::Control,
     /// This shard's open connections and their deadlines. The open count
     /// is read from here (no separate gauge to keep in step).
     pub connections: Rc<Registry>,
-    /// Never signalled, only closed: closing it announces shutdown to every
-    /// task waiting on it.
-    shutdown: glommio::sync::Semaphore,
-    shutting_down: Cell<bool>,
-}
-
-/// A page that is either ready or on its way back from the owner.
-pub enum Pending<F = Ticket> {
-    Ready(PageResult),
-    Forwarded(F),
 }
 
 impl Shard {
-    /// Serves a page for `user`: from the local store if this shard owns the
-    /// user, else by forwarding to the owner. Give the page back with
+    /// A page for `ask`: from the local store if this shard owns the user,
+    /// else forwarded to the owner. Give the page's buffer back with
     /// [`Shard::recycle`] once it is written.
-    pub fn page(self: &Rc<Self>, user: u32, size: u16, now: Instant) -> Pending {
-        let owner = owner_of(user, self.shards);
-        let mut page = self.take_page();
+    pub fn page(self: &Rc<Self>, ask: PageAsk, now: Instant) -> Pending<Ticket> {
+        let owner = owner_of(ask.user, self.shards);
+        let items = self.take_buffer();
         if owner == self.id {
-            return Pending::Ready(self.serve_local(user, size, page));
+            return Pending::Ready(self.serve_here(ask, items));
         }
         let Some(token) = self.tickets.borrow_mut().open() else {
-            self.recycle(page);
-            self.metrics.borrow_mut().counters.queue_full += 1;
-            return Pending::Ready(Err(Unserved::Overloaded));
+            return Pending::Ready(self.overloaded(items));
         };
-        page.clear();
         let request = PageRequest {
             token,
-            user,
-            size,
-            page,
+            ask,
+            items,
             sent_at: now,
         };
-        let sender = self.to_peer[owner.0].as_ref().expect("a peer's channel");
+        let sender = self.peers[owner.0].as_ref().expect("a peer's channel");
         match sender.try_send(request) {
             Ok(()) => {
                 self.metrics.borrow_mut().counters.forwarded_out += 1;
-                Pending::Forwarded(Ticket {
-                    shard: self.clone(),
-                    token,
-                })
+                Pending::Forwarded(Ticket::new(self.clone(), token))
             }
-            Err(e) => {
-                // Full (or, while the process stops, closed): answer 503.
+            // Full (or, while the process stops, closed): answer 503.
+            Err(GlommioError::WouldBlock(ResourceType::Channel(request)))
+            | Err(GlommioError::Closed(ResourceType::Channel(request))) => {
                 self.tickets.borrow_mut().cancel(token);
-                if let GlommioError::WouldBlock(ResourceType::Channel(request))
-                | GlommioError::Closed(ResourceType::Channel(request)) = e
-                {
-                    self.recycle(request.page);
-                }
-                self.metrics.borrow_mut().counters.queue_full += 1;
-                Pending::Ready(Err(Unserved::Overloaded))
+                Pending::Ready(self.overloaded(request.items))
             }
+            Err(e) => unreachable!("try_send fails only as full or closed: {e}"),
         }
     }
 
-    fn serve_local(&self, user: u32, size: u16, mut page: Vec<u32>) -> PageResult {
-        debug_assert_eq!(owner_of(user, self.shards), self.id, "only the owner");
-        match self
-            .store
-            .borrow_mut()
-            .next_page(user, size as usize, &mut page)
-        {
-            Ok(_) => Ok(page),
-            Err(e) => {
-                self.recycle(page);
-                Err(e.into())
-            }
+    /// The one call into the store, for local and forwarded requests alike.
+    fn serve_here(&self, ask: PageAsk, mut items: Vec<u32>) -> Page {
+        debug_assert_eq!(owner_of(ask.user, self.shards), self.id, "only the owner");
+        let mut store = self.store.borrow_mut();
+        let size = ask.size as usize;
+        let outcome = if ask.peek {
+            store.peek_page(ask.user, size, &mut items)
+        } else {
+            store.next_page(ask.user, size, &mut items)
+        };
+        Page { items, outcome }
+    }
+
+    #[cold]
+    fn overloaded(&self, mut items: Vec<u32>) -> Page {
+        self.metrics.borrow_mut().counters.queue_full += 1;
+        items.clear();
+        Page {
+            items,
+            outcome: Err(Unserved::Overloaded),
         }
     }
 
-    fn take_page(&self) -> Vec<u32> {
+    fn take_buffer(&self) -> Vec<u32> {
         self.free_pages
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.limits.max_size as usize))
+            .unwrap_or_else(|| Vec::with_capacity(self.page_capacity))
     }
 
-    /// Returns a page buffer for reuse.
-    pub fn recycle(&self, page: Vec<u32>) {
+    /// Takes a page buffer back for reuse: the one way buffers return.
+    pub fn recycle(&self, items: Vec<u32>) {
         let mut free = self.free_pages.borrow_mut();
         if free.len() < PAGE_FREE_LIST {
-            free.push(page);
+            free.push(items);
         }
-    }
-
-    /// The `Date` header value, refreshed twice a second by a timer task so
-    /// that requests never read the clock.
-    pub fn date(&self) -> HttpDate {
-        self.date.get()
     }
 
     /// This shard's metrics, copied.
@@ -261,330 +197,87 @@ impl Shard {
         snapshot
     }
 
-    /// Every shard's snapshot, in shard order, gathered over the control
-    /// channels. Request handling goes on meanwhile on every shard.
-    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, Unserved> {
-        let _one_at_a_time = self
-            .gathering
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Unserved::Overloaded)?;
-        let seq = self.gather_seq.get() + 1;
-        self.gather_seq.set(seq);
-        for to in self.control_to.iter().flatten() {
-            if to.try_send(ControlRequest { seq }).is_err() {
-                return Err(Unserved::Overloaded);
-            }
-        }
-        let mut all = vec![self.snapshot()];
-        for replies in self.control_replies.iter().flatten() {
-            loop {
-                let reply = replies.recv().await.ok_or(Unserved::Overloaded)?;
-                if reply.seq == seq {
-                    all.push(*reply.snapshot);
-                    break;
-                }
-            }
-        }
-        all.sort_by_key(|s| s.shards[0]);
-        Ok(all)
+    /// Every shard's snapshot, in shard order (see [`control`]).
+    pub async fn snapshots(&self) -> Option<Vec<Snapshot>> {
+        self.control.gather(self.snapshot()).await
     }
 
-    pub fn shutting_down(&self) -> bool {
-        self.shutting_down.get()
+    pub fn stopping(&self) -> bool {
+        self.control.stopping()
     }
 
     /// Starts this shard's shutdown: tasks waiting in
-    /// [`Shard::shutdown_announced`] stop (the accept loop), idle
-    /// connections are woken to close, busy ones close once answered.
+    /// [`Shard::stop_announced`] stop (the accept loop), idle connections
+    /// are woken to close, busy ones close once answered.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.set(true);
-        self.shutdown.close();
+        self.control.announce_stop();
         self.connections.close_idle();
     }
 
     /// Completes once shutdown has begun.
-    pub async fn shutdown_announced(&self) {
-        let _ = self.shutdown.acquire(1).await;
+    pub async fn stop_announced(&self) {
+        self.control.stop_announced().await
     }
 }
 
-/// A forwarded request's answer, on its way. Dropping it before the answer
-/// arrives is fine: the reply is then discarded when it comes.
-pub struct Ticket {
-    shard: Rc<Shard>,
-    token: Token,
-}
+/// What a connection asks of a shard.
+impl Backend for Rc<Shard> {
+    type Forwarded = Ticket;
 
-impl Future for Ticket {
-    type Output = PageResult;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PageResult> {
-        let mut tickets = self.shard.tickets.borrow_mut();
-        let slot = &mut tickets.slots[self.token.slot as usize];
-        debug_assert_eq!(slot.generation, self.token.generation);
-        match std::mem::replace(&mut slot.state, SlotState::Free) {
-            SlotState::Done(result) => {
-                tickets.release(self.token.slot);
-                Poll::Ready(result)
-            }
-            SlotState::Waiting(_) => {
-                slot.state = SlotState::Waiting(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-            SlotState::Free | SlotState::Abandoned => unreachable!("a ticket's slot is open"),
-        }
+    #[inline]
+    fn page(&self, ask: PageAsk, now: Instant) -> Pending<Ticket> {
+        Shard::page(self, ask, now)
     }
-}
 
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut tickets = self.shard.tickets.borrow_mut();
-        let slot = &mut tickets.slots[self.token.slot as usize];
-        if slot.generation != self.token.generation {
-            return;
-        }
-        match std::mem::replace(&mut slot.state, SlotState::Free) {
-            SlotState::Waiting(_) => slot.state = SlotState::Abandoned,
-            SlotState::Done(result) => {
-                tickets.release(self.token.slot);
-                drop(tickets);
-                if let Ok(page) = result {
-                    self.shard.recycle(page);
-                }
-            }
-            // Already taken by `poll` and released.
-            SlotState::Free | SlotState::Abandoned => {}
-        }
+    fn recycle(&self, items: Vec<u32>) {
+        Shard::recycle(self, items)
     }
-}
 
-/// The origin's table of forwarded requests awaiting their reply.
-struct Tickets {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    /// Most requests in flight at once.
-    capacity: usize,
-}
-
-struct Slot {
-    generation: u32,
-    state: SlotState,
-}
-
-enum SlotState {
-    Free,
-    Waiting(Option<Waker>),
-    Done(PageResult),
-    /// The waiter is gone; free the slot when the reply comes.
-    Abandoned,
-}
-
-impl Tickets {
-    fn new(capacity: usize) -> Tickets {
-        Tickets {
-            slots: Vec::new(),
-            free: Vec::new(),
-            capacity,
+    fn record(&self, answered: &[(Route, Class)], us: u64) {
+        let mut m = self.metrics.borrow_mut();
+        for &(route, class) in answered {
+            m.record(route, class, us);
         }
     }
 
-    fn open(&mut self) -> Option<Token> {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None if self.slots.len() < self.capacity => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    state: SlotState::Free,
-                });
-                (self.slots.len() - 1) as u32
-            }
-            None => return None,
-        };
-        let s = &mut self.slots[slot as usize];
-        s.state = SlotState::Waiting(None);
-        Some(Token {
-            slot,
-            generation: s.generation,
-        })
+    async fn snapshots(&self) -> Option<Vec<Snapshot>> {
+        Shard::snapshots(self).await
     }
 
-    fn release(&mut self, slot: u32) {
-        let s = &mut self.slots[slot as usize];
-        s.state = SlotState::Free;
-        s.generation = s.generation.wrapping_add(1);
-        self.free.push(slot);
-    }
-
-    fn cancel(&mut self, token: Token) {
-        self.release(token.slot);
-    }
-
-    /// Stores a reply. Returns the waker to wake, and the page buffer to
-    /// recycle if the reply does not carry it to a waiter (no page, or
-    /// nobody waits any more).
-    fn complete(&mut self, reply: PageReply) -> (Option<Waker>, Option<Vec<u32>>) {
-        let slot = &mut self.slots[reply.token.slot as usize];
-        debug_assert_eq!(slot.generation, reply.token.generation, "stale reply");
-        let (result, spare) = match reply.result {
-            Ok(()) => (Ok(reply.page), None),
-            Err(e) => (Err(e.into()), Some(reply.page)),
-        };
-        match std::mem::replace(&mut slot.state, SlotState::Free) {
-            SlotState::Waiting(waker) => {
-                slot.state = SlotState::Done(result);
-                (waker, spare)
-            }
-            SlotState::Abandoned => {
-                self.release(reply.token.slot);
-                (None, result.ok().or(spare))
-            }
-            SlotState::Free | SlotState::Done(_) => unreachable!("one reply per request"),
-        }
+    fn stopping(&self) -> bool {
+        Shard::stopping(self)
     }
 }
 
-/// One shard's ends of a request/reply mesh, before connecting.
-/// Index = peer shard; `None` at our own index.
-pub struct Duplex<Req: Send, Rep: Send> {
-    pub requests_to: Vec<Option<SharedSender<Req>>>,
-    pub requests_from: Vec<Option<SharedReceiver<Req>>>,
-    pub replies_to: Vec<Option<SharedSender<Rep>>>,
-    pub replies_from: Vec<Option<SharedReceiver<Rep>>>,
-}
-
-/// One shard's ends of every cross-core channel.
-pub struct Links {
-    pub pages: Duplex<PageRequest, PageReply>,
-    pub control: Duplex<ControlRequest, ControlReply>,
-}
-
-/// Control messages in flight per peer: one gathering at a time, plus the
-/// stale replies of gatherings whose client went away.
-const CONTROL_QUEUE: usize = 16;
-
-/// Creates the channel meshes for `n` shards: element `i` belongs to shard `i`.
-pub fn make_links(n: usize) -> Vec<Links> {
-    let mut pages = make_duplex(n, REQUEST_QUEUE, REPLY_QUEUE).into_iter();
-    let control = make_duplex(n, CONTROL_QUEUE, CONTROL_QUEUE).into_iter();
-    control
-        .map(|control| Links {
-            pages: pages.next().expect("one per shard"),
-            control,
-        })
-        .collect()
-}
-
-fn make_duplex<Req: Send, Rep: Send>(
-    n: usize,
-    req_cap: usize,
-    rep_cap: usize,
-) -> Vec<Duplex<Req, Rep>> {
-    fn none<T>(n: usize) -> Vec<Option<T>> {
-        (0..n).map(|_| None).collect()
-    }
-    let mut ends: Vec<Duplex<Req, Rep>> = (0..n)
-        .map(|_| Duplex {
-            requests_to: none(n),
-            requests_from: none(n),
-            replies_to: none(n),
-            replies_from: none(n),
-        })
-        .collect();
-    for a in 0..n {
-        for b in (0..n).filter(|&b| b != a) {
-            let (req_tx, req_rx) = glommio::channels::shared_channel::new_bounded(req_cap);
-            let (rep_tx, rep_rx) = glommio::channels::shared_channel::new_bounded(rep_cap);
-            ends[a].requests_to[b] = Some(req_tx);
-            ends[b].requests_from[a] = Some(req_rx);
-            ends[b].replies_to[a] = Some(rep_tx);
-            ends[a].replies_from[b] = Some(rep_rx);
-        }
-    }
-    ends
-}
-
-/// A [`Duplex`] with every end connected.
-struct Connected<Req: Send, Rep: Send> {
-    requests_to: Vec<Option<ConnectedSender<Req>>>,
-    requests_from: Vec<Option<ConnectedReceiver<Req>>>,
-    replies_to: Vec<Option<ConnectedSender<Rep>>>,
-    replies_from: Vec<Option<ConnectedReceiver<Rep>>>,
-}
-
-/// Connects every end of `d` at once: `connect()` waits for the peer to
-/// connect its end, so connecting one at a time could wait in a circle.
-async fn connect<Req: Send + 'static, Rep: Send + 'static>(
-    d: Duplex<Req, Rep>,
-) -> Connected<Req, Rep> {
-    let requests_to = connect_senders(d.requests_to);
-    let replies_to = connect_senders(d.replies_to);
-    let requests_from = connect_receivers(d.requests_from);
-    let replies_from = connect_receivers(d.replies_from);
-    Connected {
-        requests_to: join_all(requests_to).await,
-        requests_from: join_all(requests_from).await,
-        replies_to: join_all(replies_to).await,
-        replies_from: join_all(replies_from).await,
-    }
-}
-
-fn connect_senders<T: Send + 'static>(
-    ends: Vec<Option<SharedSender<T>>>,
-) -> Vec<Option<glommio::Task<ConnectedSender<T>>>> {
-    let connect = |s: SharedSender<T>| glommio::spawn_local(s.connect());
-    ends.into_iter().map(|s| s.map(connect)).collect()
-}
-
-fn connect_receivers<T: Send + 'static>(
-    ends: Vec<Option<SharedReceiver<T>>>,
-) -> Vec<Option<glommio::Task<ConnectedReceiver<T>>>> {
-    let connect = |r: SharedReceiver<T>| glommio::spawn_local(r.connect());
-    ends.into_iter().map(|r| r.map(connect)).collect()
-}
-
-async fn join_all<T>(tasks: Vec<Option<glommio::Task<T>>>) -> Vec<Option<T>> {
-    let mut out = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        out.push(match task {
-            Some(t) => Some(t.await),
-            None => None,
-        });
-    }
-    out
+/// What a shard starts from.
+pub struct ShardParts {
+    pub id: ShardId,
+    pub shards: usize,
+    pub store: Store,
+    /// Largest page, for the capacity of page buffers.
+    pub max_size: u16,
+    pub max_in_flight: usize,
+    pub metrics: ShardMetrics,
+    pub links: Links,
 }
 
 /// Connects this shard's channel ends, starts the tasks that serve peers and
 /// complete forwarded requests, and returns the shard.
-pub async fn start(
-    id: ShardId,
-    shards: usize,
-    store: Store,
-    limits: Limits,
-    max_in_flight: usize,
-    metrics: ShardMetrics,
-    links: Links,
-) -> Rc<Shard> {
+pub async fn start(parts: ShardParts) -> Rc<Shard> {
     use glommio::spawn_local;
-    let pages = connect(links.pages).await;
-    let control = connect(links.control).await;
+    let pages = mesh::connect(parts.links.pages).await;
+    let control = mesh::connect(parts.links.control).await;
     let shard = Rc::new(Shard {
-        id,
-        shards,
-        limits,
-        store: RefCell::new(store),
-        date: Cell::new(HttpDate::now()),
-        to_peer: pages.requests_to,
-        tickets: RefCell::new(Tickets::new(max_in_flight)),
+        id: parts.id,
+        shards: parts.shards,
+        store: RefCell::new(parts.store),
+        peers: pages.requests_to,
+        tickets: RefCell::new(Tickets::new(parts.max_in_flight)),
         free_pages: RefCell::new(Vec::new()),
-        metrics: RefCell::new(metrics),
-        control_to: control.requests_to,
-        control_replies: control.replies_from,
-        gathering: glommio::sync::Semaphore::new(1),
-        gather_seq: Cell::new(0),
+        page_capacity: parts.max_size as usize,
+        metrics: RefCell::new(parts.metrics),
+        control: control::Control::new(control.requests_to, control.replies_from),
         connections: Rc::new(Registry::default()),
-        shutdown: glommio::sync::Semaphore::new(0),
-        shutting_down: Cell::new(false),
     });
     for (requests, replies) in pages.requests_from.into_iter().zip(pages.replies_to) {
         if let (Some(requests), Some(replies)) = (requests, replies) {
@@ -594,12 +287,7 @@ pub async fn start(
     for replies in pages.replies_from.into_iter().flatten() {
         spawn_local(complete_forwarded(shard.clone(), replies)).detach();
     }
-    for (requests, replies) in control.requests_from.into_iter().zip(control.replies_to) {
-        if let (Some(requests), Some(replies)) = (requests, replies) {
-            spawn_local(serve_control(shard.clone(), requests, replies)).detach();
-        }
-    }
-    spawn_local(refresh_date(shard.clone())).detach();
+    control::serve_peers(&shard, control.requests_from, control.replies_to);
     shard
 }
 
@@ -609,17 +297,12 @@ async fn serve_peer(
     requests: ConnectedReceiver<PageRequest>,
     replies: ConnectedSender<PageReply>,
 ) {
-    while let Some(mut req) = requests.recv().await {
-        let result = shard
-            .store
-            .borrow_mut()
-            .next_page(req.user, req.size as usize, &mut req.page)
-            .map(|_| ());
+    while let Some(req) = requests.recv().await {
+        let page = shard.serve_here(req.ask, req.items);
         shard.metrics.borrow_mut().counters.forwarded_in += 1;
         let reply = PageReply {
             token: req.token,
-            page: req.page,
-            result,
+            page,
             sent_at: req.sent_at,
         };
         // May wait for room; the receiving task never sends, so it frees room.
@@ -638,38 +321,13 @@ async fn complete_forwarded(shard: Rc<Shard>, replies: ConnectedReceiver<PageRep
             .borrow_mut()
             .round_trip
             .saturating_record(round_trip);
-        let (waker, spare) = shard.tickets.borrow_mut().complete(reply);
+        let (waker, unclaimed) = shard.tickets.borrow_mut().complete(reply);
         if let Some(waker) = waker {
             waker.wake();
         }
-        if let Some(page) = spare {
-            shard.recycle(page);
+        if let Some(items) = unclaimed {
+            shard.recycle(items);
         }
-    }
-}
-
-/// Owner side of the control channel: answers snapshot requests. May wait
-/// for room in the reply channel; its reader (a gathering) never sends.
-async fn serve_control(
-    shard: Rc<Shard>,
-    requests: ConnectedReceiver<ControlRequest>,
-    replies: ConnectedSender<ControlReply>,
-) {
-    while let Some(req) = requests.recv().await {
-        let reply = ControlReply {
-            seq: req.seq,
-            snapshot: Box::new(shard.snapshot()),
-        };
-        if replies.send(reply).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn refresh_date(shard: Rc<Shard>) {
-    loop {
-        glommio::timer::sleep(Duration::from_millis(500)).await;
-        shard.date.set(HttpDate::now());
     }
 }
 
@@ -695,53 +353,4 @@ mod tests {
     }
 
     const PINNED_OWNERS_2: [usize; 8] = [1, 0, 1, 1, 1, 1, 0, 1];
-
-    #[test]
-    fn tickets_complete_abandon_and_reuse() {
-        let mut t = Tickets::new(MAX_IN_FLIGHT);
-        let a = t.open().unwrap();
-        let b = t.open().unwrap();
-        assert_ne!(a, b);
-        let reply = |token| PageReply {
-            token,
-            page: vec![1, 2],
-            result: Ok(()),
-            sent_at: Instant::now(),
-        };
-        let (waker, spare) = t.complete(reply(a));
-        assert!(
-            waker.is_none() && spare.is_none(),
-            "the page goes to the waiter"
-        );
-        assert!(matches!(
-            t.slots[a.slot as usize].state,
-            SlotState::Done(Ok(_))
-        ));
-        // b's waiter goes away: its reply is handed back for recycling.
-        t.slots[b.slot as usize].state = SlotState::Abandoned;
-        let (_, spare) = t.complete(reply(b));
-        assert_eq!(spare, Some(vec![1, 2]));
-        let c = t.open().unwrap();
-        assert_eq!(c.slot, b.slot);
-        assert_ne!(c.generation, b.generation, "a reused slot is a new ticket");
-        // Nothing to serve: the waiter gets the error, the buffer comes back.
-        let (_, spare) = t.complete(PageReply {
-            result: Err(PageError::NothingToServe),
-            ..reply(c)
-        });
-        assert_eq!(spare, Some(vec![1, 2]));
-        assert!(matches!(
-            t.slots[c.slot as usize].state,
-            SlotState::Done(Err(Unserved::NothingToServe))
-        ));
-    }
-
-    #[test]
-    fn in_flight_is_bounded() {
-        let mut t = Tickets::new(MAX_IN_FLIGHT);
-        let tokens: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| t.open().unwrap()).collect();
-        assert!(t.open().is_none());
-        t.cancel(tokens[7]);
-        assert!(t.open().is_some());
-    }
 }

@@ -1,20 +1,39 @@
-//! Where feeds come from: the synthetic default, the TSV feed file of the
-//! SPEC, the fallback file, and the item counts that pick the default pool.
+//! Loading feeds into shards' stores: the TSV feed file, the fallback
+//! file, the synthetic default (generated in `synthetic.rs`), and the item
+//! counts that pick the default pool.
 //!
-//! Loading is per shard: every function that fills a store takes an `owns`
-//! predicate and keeps only the users it accepts, so shards load in parallel
-//! and no shard ever holds another's users. Nothing here knows how ownership
-//! is decided.
+//! Loading is per shard: every loader takes an `owns` predicate and keeps
+//! only the users it accepts, so shards load in parallel and no shard ever
+//! holds another's users. Which shard owns a user is the caller's
+//! `shard_of` (ownership is decided in `shard.rs`).
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use ahash::AHashMap;
 
-use crate::feed::{DuplicateUser, StoreBuilder};
-use crate::hash::mix64;
+use crate::decimal::{self, DecimalError};
+use crate::feed::{DuplicateUser, Pool, Store, StoreBuilder};
+use crate::shard::ShardId;
+use crate::synthetic::{self, Synthetic};
+
+/// Where the feeds come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Synthetic(Synthetic),
+    File(PathBuf),
+}
+
+/// The feeds a server serves, and its fallback pool.
+#[derive(Debug, Clone)]
+pub struct Feeds {
+    pub source: Source,
+    /// One item id per line; `None`: the most frequent items of the feeds.
+    pub fallback: Option<PathBuf>,
+    pub fallback_size: usize,
+}
 
 /// Items counted (over all shards, each counting its first users) to find
 /// the most frequent ones. Counting every item of a large store costs seconds
@@ -47,13 +66,6 @@ impl LoadError {
         }
     }
 
-    pub fn plain(message: impl Into<String>) -> LoadError {
-        LoadError {
-            path: None,
-            line: None,
-            message: message.into(),
-        }
-    }
 }
 
 impl fmt::Display for LoadError {
@@ -62,160 +74,6 @@ impl fmt::Display for LoadError {
             (Some(p), Some(l)) => write!(f, "{}:{l}: {}", p.display(), self.message),
             (Some(p), None) => write!(f, "{}: {}", p.display(), self.message),
             _ => f.write_str(&self.message),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Synthetic feeds
-
-/// Parameters of the synthetic data set. Users are `1..=users`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Synthetic {
-    pub users: u32,
-    pub feed_len: u32,
-    pub items: u32,
-    pub seed: u64,
-}
-
-impl Synthetic {
-    pub fn check(&self) -> Result<(), String> {
-        if self.items < self.feed_len {
-            return Err(format!(
-                "--items ({}) must be at least --feed-len ({}): a feed holds distinct items",
-                self.items, self.feed_len
-            ));
-        }
-        if self.items == 0 {
-            return Err("--items must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    pub fn user_ids(&self) -> std::ops::RangeInclusive<u32> {
-        1..=self.users
-    }
-}
-
-/// Writes one user's synthetic feed into `out` (cleared first). The result
-/// depends only on (spec, user): the same seed gives the same feeds whatever
-/// the shard count. Items are distinct and skewed towards low ids, so some
-/// items are popular the way real recommendations are.
-pub fn synthetic_feed(spec: &Synthetic, user: u32, seen: &mut SeenSet, out: &mut Vec<u32>) {
-    out.clear();
-    seen.reset(spec.feed_len as usize);
-    let mut rng = WyRand(mix64(spec.seed ^ mix64(user as u64 ^ 0x5eed_f00d)));
-    let items = spec.items as u128;
-    for _ in 0..spec.feed_len {
-        // x^3 for x uniform in [0, 1): about 1% of draws on the first 1e-6
-        // of the ids. Integer arithmetic (21-bit x, 63-bit cube): start-up
-        // generates a billion of these for 5M users.
-        let x = rng.next() >> 43;
-        let cube = x * x * x;
-        let mut item = ((cube as u128 * items) >> 63) as u32;
-        while !seen.insert(item) {
-            item = if item as u128 + 1 == items {
-                0
-            } else {
-                item + 1
-            };
-        }
-        out.push(item);
-    }
-}
-
-/// Builds one shard's share of the synthetic data set.
-pub fn synthetic_store(spec: &Synthetic, owns: impl Fn(u32) -> bool) -> StoreBuilder {
-    let owned = spec.user_ids().filter(|&u| owns(u)).count();
-    let mut store = StoreBuilder::with_capacity(owned, owned * spec.feed_len as usize);
-    let (mut seen, mut feed) = (
-        SeenSet::default(),
-        Vec::with_capacity(spec.feed_len as usize),
-    );
-    let mut users = spec.user_ids().filter(|&u| owns(u)).peekable();
-    while let Some(user) = users.next() {
-        if let Some(&next) = users.peek() {
-            store.prefetch(next);
-        }
-        synthetic_feed(spec, user, &mut seen, &mut feed);
-        store
-            .push_user(user, feed.iter().copied())
-            .expect("synthetic user ids are distinct");
-    }
-    store
-}
-
-/// Writes the whole synthetic data set as a feed file (`shardfeed gen`).
-pub fn write_synthetic(spec: &Synthetic, out: &mut impl Write) -> io::Result<()> {
-    writeln!(
-        out,
-        "# shardfeed synthetic feeds: users={} feed-len={} items={} seed={}",
-        spec.users, spec.feed_len, spec.items, spec.seed
-    )?;
-    let (mut seen, mut feed) = (SeenSet::default(), Vec::new());
-    let mut line = Vec::with_capacity(16 + spec.feed_len as usize * 9);
-    let mut digits = itoa::Buffer::new();
-    for user in spec.user_ids() {
-        synthetic_feed(spec, user, &mut seen, &mut feed);
-        line.clear();
-        line.extend_from_slice(digits.format(user).as_bytes());
-        line.push(b'\t');
-        for (i, item) in feed.iter().enumerate() {
-            if i > 0 {
-                line.push(b',');
-            }
-            line.extend_from_slice(digits.format(*item).as_bytes());
-        }
-        line.push(b'\n');
-        out.write_all(&line)?;
-    }
-    out.flush()
-}
-
-/// wyrand: one multiply per draw, good enough statistics for test data.
-struct WyRand(u64);
-
-impl WyRand {
-    #[inline]
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
-        let t = (self.0 as u128) * ((self.0 ^ 0xe703_7ed1_a0b4_28db) as u128);
-        ((t >> 64) as u64) ^ (t as u64)
-    }
-}
-
-/// A small reusable set of item ids for one feed: open addressing, cleared
-/// in O(1) by bumping a generation stamp.
-#[derive(Debug, Default)]
-pub struct SeenSet {
-    slots: Vec<(u32, u32)>,
-    stamp: u32,
-}
-
-impl SeenSet {
-    fn reset(&mut self, capacity: usize) {
-        let want = (capacity * 2).next_power_of_two().max(16);
-        if self.slots.len() < want || self.stamp == u32::MAX {
-            self.slots = vec![(0, 0); want];
-            self.stamp = 0;
-        }
-        self.stamp += 1;
-    }
-
-    /// False when `item` was already inserted since the last reset.
-    fn insert(&mut self, item: u32) -> bool {
-        let mask = self.slots.len() - 1;
-        let mut i = (item.wrapping_mul(0x9e37_79b9) >> 7) as usize & mask;
-        loop {
-            let (key, stamp) = self.slots[i];
-            if stamp != self.stamp {
-                self.slots[i] = (item, self.stamp);
-                return true;
-            }
-            if key == item {
-                return false;
-            }
-            i = (i + 1) & mask;
         }
     }
 }
@@ -330,26 +188,11 @@ fn parse_items(list: &[u8], out: &mut Vec<u32>) -> Result<(), String> {
 }
 
 fn parse_u32(s: &[u8]) -> Result<u32, String> {
-    if s.is_empty() {
-        return Err("empty value".into());
-    }
-    let mut n: u64 = 0;
-    for &d in s {
-        if !d.is_ascii_digit() {
-            return Err(format!(
-                "`{}` is not a decimal number",
-                String::from_utf8_lossy(s)
-            ));
-        }
-        n = n * 10 + (d - b'0') as u64;
-        if n > u32::MAX as u64 {
-            return Err(format!(
-                "`{}` is larger than 4294967295",
-                String::from_utf8_lossy(s)
-            ));
-        }
-    }
-    Ok(n as u32)
+    decimal::parse_u32(s).map_err(|e| match e {
+        DecimalError::Empty => "empty value".to_string(),
+        DecimalError::NotDecimal => format!("`{}` is not a decimal number", String::from_utf8_lossy(s)),
+        DecimalError::TooLarge => format!("`{}` is larger than 4294967295", String::from_utf8_lossy(s)),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -379,9 +222,83 @@ pub fn top_items(counts: &AHashMap<u32, u64>, k: usize) -> Vec<u32> {
     all.into_iter().map(|(_, item)| item).collect()
 }
 
+// ---------------------------------------------------------------------------
+// All shards at once
+
+/// Loads every shard's users in parallel, one thread per shard pinned to the
+/// shard's CPU (so that the memory is first touched where it will be used),
+/// then picks the fallback pool and builds the stores.
+pub fn load_stores(
+    feeds: &Feeds,
+    cpus: &[usize],
+    pin: bool,
+    shard_of: impl Fn(u32) -> ShardId + Sync,
+) -> Result<Vec<Store>, String> {
+    let shards = cpus.len();
+    let count_for_pool = feeds.fallback.is_none();
+    let loaded: Vec<Result<(StoreBuilder, _), LoadError>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..shards)
+            .map(|i| {
+                let cpu = cpus[i];
+                let source = &feeds.source;
+                let shard_of = &shard_of;
+                scope.spawn(move || {
+                    if pin {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    }
+                    let owns = |user| shard_of(user) == ShardId(i);
+                    let builder = match source {
+                        Source::Synthetic(spec) => synthetic::synthetic_store(spec, owns),
+                        Source::File(path) => load_feed_file(path, owns)?,
+                    };
+                    let counts = count_for_pool
+                        .then(|| count_items(builder.items(), POOL_SAMPLE_ITEMS / shards));
+                    Ok((builder, counts))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("loader thread"))
+            .collect()
+    });
+
+    let mut builders = Vec::with_capacity(shards);
+    let mut merged = ahash::AHashMap::new();
+    let mut first_error: Option<LoadError> = None;
+    for result in loaded {
+        match result {
+            Ok((builder, counts)) => {
+                for (item, n) in counts.into_iter().flatten() {
+                    *merged.entry(item).or_insert(0) += n;
+                }
+                builders.push(builder);
+            }
+            Err(e) => {
+                if first_error.as_ref().is_none_or(|f| e.line < f.line) {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(format!("cannot load feeds: {e}"));
+    }
+
+    let pool = match &feeds.fallback {
+        Some(path) => Pool::new(load_fallback_file(path).map_err(|e| e.to_string())?),
+        None => Pool::new(top_items(&merged, feeds.fallback_size)),
+    };
+    Ok(builders
+        .into_iter()
+        .map(|b| b.build(pool.clone()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::synthetic::{synthetic_store, write_synthetic, Synthetic};
 
     const SPEC: Synthetic = Synthetic {
         users: 300,
@@ -396,40 +313,6 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
-    }
-
-    #[test]
-    fn synthetic_feeds_are_distinct_skewed_and_deterministic() {
-        let (mut seen, mut a, mut b) = (SeenSet::default(), Vec::new(), Vec::new());
-        synthetic_feed(&SPEC, 7, &mut seen, &mut a);
-        synthetic_feed(&SPEC, 8, &mut seen, &mut b);
-        assert_ne!(a, b);
-        synthetic_feed(&SPEC, 7, &mut seen, &mut b);
-        assert_eq!(a, b, "same (seed, user), same feed");
-        let mut sorted = a.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 50);
-        assert!(a.iter().all(|&i| i < 1000));
-        let low = a.iter().filter(|&&i| i < 100).count();
-        assert!(low > 15, "skewed to low ids: {low} of 50 below 100");
-        // A feed as long as the item range still terminates, all distinct.
-        let tight = Synthetic { items: 50, ..SPEC };
-        synthetic_feed(&tight, 1, &mut seen, &mut a);
-        a.sort_unstable();
-        assert_eq!(a, (0..50).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn shard_split_is_the_same_data() {
-        let whole = synthetic_store(&SPEC, |_| true).build(Default::default());
-        let even = synthetic_store(&SPEC, |u| u % 2 == 0).build(Default::default());
-        let odd = synthetic_store(&SPEC, |u| u % 2 == 1).build(Default::default());
-        assert_eq!(even.users() + odd.users(), 300);
-        for u in SPEC.user_ids() {
-            let part = if u % 2 == 0 { &even } else { &odd };
-            assert_eq!(whole.remaining(u), part.remaining(u));
-        }
     }
 
     #[test]

@@ -1,0 +1,87 @@
+//! The process's ends of the outside world: listening sockets, and the stop
+//! signals.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// One bound `SO_REUSEPORT` listener per shard, all on `addr`.
+pub struct Listeners {
+    /// The real bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    pub sockets: Vec<StdListener>,
+}
+
+/// Binds one `SO_REUSEPORT` listener per shard on the same address. Port 0 is
+/// resolved once and shared. A fixed port is first probed without
+/// `SO_REUSEPORT`, so that a server already listening there (a stale
+/// shardfeed would otherwise silently share it) is an error.
+pub fn bind(addr: SocketAddr, n: usize) -> Result<Listeners, String> {
+    let in_use = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("{addr} is already in use (another server, or a shardfeed still running?): stop it or choose another --listen")
+        } else {
+            format!("cannot listen on {addr}: {e}")
+        }
+    };
+    if addr.port() != 0 {
+        let probe = new_socket(addr).map_err(in_use)?;
+        probe.bind(&SockAddr::from(addr)).map_err(in_use)?;
+    }
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = new_socket(bound).map_err(in_use)?;
+        socket.set_reuse_port(true).map_err(in_use)?;
+        socket.bind(&SockAddr::from(bound)).map_err(in_use)?;
+        socket.listen(LISTEN_BACKLOG).map_err(in_use)?;
+        socket.set_nonblocking(true).map_err(in_use)?;
+        if bound.port() == 0 {
+            bound = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| format!("cannot read the bound address of {addr}"))?;
+        }
+        listeners.push(socket.into());
+    }
+    Ok(Listeners {
+        addr: bound,
+        sockets: listeners,
+    })
+}
+
+fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it
+/// starts); returns the set for [`wait_for_signal`].
+pub(super) fn block_stop_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: plain signal-mask calls on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => Ok(set),
+            e => Err(format!(
+                "cannot block signals: {}",
+                std::io::Error::from_raw_os_error(e)
+            )),
+        }
+    }
+}
+
+pub(super) fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: sigwait only writes `sig`.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
