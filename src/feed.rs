@@ -33,7 +33,6 @@ pub struct PageStats {
 /// Running totals of one store, read by metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreCounters {
-    pub pages: u64,
     pub personalized_items: u64,
     pub fallback_items: u64,
     pub unknown_users: u64,
@@ -44,7 +43,6 @@ pub struct StoreCounters {
 impl StoreCounters {
     /// Adds another store's counters (merging shards).
     pub fn add(&mut self, o: &StoreCounters) {
-        self.pages += o.pages;
         self.personalized_items += o.personalized_items;
         self.fallback_items += o.fallback_items;
         self.unknown_users += o.unknown_users;
@@ -225,7 +223,6 @@ impl Store {
             c.nothing_to_serve += 1;
             return Err(PageError::NothingToServe);
         }
-        c.pages += 1;
         c.personalized_items += stats.personalized as u64;
         c.fallback_items += stats.fallback as u64;
         Ok(stats)

@@ -532,7 +532,6 @@ mod tests {
         m.snapshot(
             id,
             StoreCounters {
-                pages: 1,
                 exhausted_users: id as u64,
                 ..Default::default()
             },
