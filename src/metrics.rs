@@ -143,7 +143,7 @@ impl ShardMetrics {
 
     pub fn snapshot(&self, shard: usize, store: StoreCounters) -> Snapshot {
         Snapshot {
-            shards: vec![shard],
+            shard: Some(shard),
             local: self.local.clone(),
             forwarded: self.forwarded.clone(),
             round_trip: self.round_trip.clone(),
@@ -158,8 +158,8 @@ impl ShardMetrics {
 /// An owned copy of one shard's (or several merged shards') instruments.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The shards this snapshot covers.
-    pub shards: Vec<usize>,
+    /// The shard this snapshot is of; `None` for a merge of several.
+    pub shard: Option<usize>,
     pub local: Histogram<u64>,
     pub forwarded: Histogram<u64>,
     pub round_trip: Histogram<u64>,
@@ -179,7 +179,7 @@ impl Snapshot {
 
     pub fn merge(snapshots: &[Snapshot]) -> Snapshot {
         let mut merged = Snapshot {
-            shards: Vec::new(),
+            shard: None,
             local: new_histogram(),
             forwarded: new_histogram(),
             round_trip: new_histogram(),
@@ -189,7 +189,6 @@ impl Snapshot {
             store: StoreCounters::default(),
         };
         for s in snapshots {
-            merged.shards.extend(&s.shards);
             merged.local.add(&s.local).expect("same bounds");
             merged.forwarded.add(&s.forwarded).expect("same bounds");
             merged.round_trip.add(&s.round_trip).expect("same bounds");
@@ -200,6 +199,12 @@ impl Snapshot {
         }
         merged
     }
+}
+
+/// The shard a snapshot is of. Rendering takes one snapshot per shard, never
+/// a merge.
+fn shard_id(s: &Snapshot) -> usize {
+    s.shard.expect("one shard's snapshot, not a merge")
 }
 
 /// The percentiles reported everywhere.
@@ -260,7 +265,7 @@ pub fn stats_json(snapshots: &[Snapshot]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{{\"shard\":{},\"stats\":", s.shards[0]);
+        let _ = write!(out, "{{\"shard\":{},\"stats\":", shard_id(s));
         snapshot_json(&mut out, s);
         out.push('}');
     }
@@ -287,7 +292,7 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
             let _ = writeln!(
                 out,
                 "shardfeed_{name}{{shard=\"{}\"}} {}",
-                s.shards[0],
+                shard_id(s),
                 get(s)
             );
         }
@@ -307,7 +312,7 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
             let _ = writeln!(
                 out,
                 "shardfeed_requests_total{{shard=\"{}\",status=\"{class}\"}} {n}",
-                s.shards[0]
+                shard_id(s)
             );
         }
     }
@@ -386,7 +391,8 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
         let _ = writeln!(
             out,
             "shardfeed_open_connections{{shard=\"{}\"}} {}",
-            s.shards[0], s.counters.open_connections
+            shard_id(s),
+            s.counters.open_connections
         );
     }
 
@@ -400,7 +406,7 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
             ("local", &s.local, s.local_sum_us),
             ("forwarded", &s.forwarded, s.forwarded_sum_us),
         ] {
-            let labels = format!("shard=\"{}\",route=\"{route}\"", s.shards[0]);
+            let labels = format!("shard=\"{}\",route=\"{route}\"", shard_id(s));
             prometheus_buckets(&mut out, "shardfeed_request_duration_seconds", &labels, h);
             let _ = writeln!(
                 out,
@@ -420,7 +426,7 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
     );
     let _ = writeln!(out, "# TYPE shardfeed_forward_round_trip_seconds histogram");
     for s in snapshots {
-        let labels = format!("shard=\"{}\"", s.shards[0]);
+        let labels = format!("shard=\"{}\"", shard_id(s));
         let h = &s.round_trip;
         prometheus_buckets(&mut out, "shardfeed_forward_round_trip_seconds", &labels, h);
         // The round trip keeps no exact sum: the histogram's mean is within
@@ -509,7 +515,7 @@ pub fn summary_table(snapshots: &[Snapshot]) -> String {
         );
     };
     for s in snapshots {
-        row(&mut out, &s.shards[0].to_string(), &s.all());
+        row(&mut out, &shard_id(s).to_string(), &s.all());
     }
     row(&mut out, "all", &Snapshot::merge(snapshots).all());
     out
@@ -542,11 +548,12 @@ mod tests {
     fn records_and_merges() {
         let a = shard(0, &[10, 20, 30], &[100]);
         let b = shard(1, &[1000], &[]);
+        assert_eq!((a.shard, b.shard), (Some(0), Some(1)));
         assert_eq!(a.counters.requests(), 4);
         assert_eq!((a.counters.requests_2xx, a.counters.requests_5xx), (3, 1));
         assert_eq!(a.local_sum_us, 60);
         let all = Snapshot::merge(&[a, b]);
-        assert_eq!(all.shards, [0, 1]);
+        assert_eq!(all.shard, None);
         assert_eq!(all.all().len(), 5);
         assert_eq!(all.all().max(), 1000);
         assert_eq!(all.store.exhausted_users, 1);

@@ -217,7 +217,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     if let Some(log) = histogram_log {
         log.finish()?;
     }
-    drained.sort_by_key(|s| s.shards[0]);
+    drained.sort_by_key(|s| s.shard);
     say(&metrics::summary_table(&drained));
     Ok(())
 }
@@ -372,7 +372,7 @@ impl StatusLine {
     }
 
     fn add(&mut self, snapshot: Snapshot) {
-        let i = snapshot.shards[0];
+        let i = snapshot.shard.expect("one shard's snapshot");
         self.pending[i] = Some(snapshot);
         if self.pending.iter().any(Option::is_none) {
             return;

@@ -286,7 +286,7 @@ impl Shard {
                 }
             }
         }
-        all.sort_by_key(|s| s.shards[0]);
+        all.sort_by_key(|s| s.shard);
         Ok(all)
     }
 
