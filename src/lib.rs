@@ -11,6 +11,7 @@
 //! - [`conn`]: one client connection on its socket: read, answer, write; deadlines, bounds.
 //! - [`watchdog`]: connection deadlines (slow head, idle, stuck write) without per-request timers.
 //! - [`server`]: start-up (bind, load, executors) and supervision.
+//! - [`counters`]: `counters!`: a struct of named `u64` counters, its `add` and a table of its fields, declared once.
 //! - [`hash`]: `mix64`, the mixer behind ownership, synthetic data and the user table.
 //! - [`histlog`]: the HdrHistogram interval log (writer thread, reader).
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs).
@@ -24,6 +25,7 @@
 pub mod answer;
 pub mod cli;
 pub mod conn;
+pub mod counters;
 pub mod data;
 pub mod feed;
 pub mod hash;

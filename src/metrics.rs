@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use crate::counters::counters;
 use crate::feed::StoreCounters;
 
 /// Histogram range in microseconds: 1 us to 60 s, 3 significant digits.
@@ -40,41 +41,39 @@ pub enum Class {
     ServerError,
 }
 
-/// Counters of one shard, all monotonic except `open_connections`, which is
-/// filled in when a snapshot is taken (from the shard's connection registry).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub requests_2xx: u64,
-    pub requests_4xx: u64,
-    pub requests_5xx: u64,
-    /// Requests this shard sent to their owner.
-    pub forwarded_out: u64,
-    /// Requests other shards sent to this one.
-    pub forwarded_in: u64,
-    /// `503` because a queue to another shard (or the in-flight table) was full.
-    pub queue_full: u64,
-    pub connections_accepted: u64,
-    /// Connections answered `503` and closed at the connection limit.
-    pub refused_connections: u64,
-    /// Connections closed by a deadline (slow head, idle, stuck write).
-    pub timed_out_connections: u64,
-    pub open_connections: u64,
+counters! {
+    /// Counters of one shard, all monotonic except `open_connections`, which is
+    /// filled in when a snapshot is taken (from the shard's connection
+    /// registry). A counter is declared here once: its doc's first line is its
+    /// help text, and `/stats` and `/metrics` render [`Counters::FIELDS`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Counters {
+        /// Answered requests by status class.
+        requests_2xx: Status("2xx"),
+        /// Answered requests by status class.
+        requests_4xx: Status("4xx"),
+        /// Answered requests by status class.
+        requests_5xx: Status("5xx"),
+        /// Requests sent to the shard owning the user.
+        forwarded_out: Counter,
+        /// Requests received from other shards.
+        forwarded_in: Counter,
+        /// Requests answered 503 because a cross-shard queue was full.
+        ///
+        /// Also counts a full in-flight table (no ticket for one more forward).
+        queue_full: Counter,
+        /// Connections accepted.
+        connections_accepted: Counter,
+        /// Connections answered 503 at the per-shard connection limit.
+        refused_connections: Counter,
+        /// Connections closed by a deadline: slow request head, idle, stuck write.
+        timed_out_connections: Counter,
+        /// Connections open now.
+        open_connections: Gauge,
+    }
 }
 
 impl Counters {
-    fn add(&mut self, o: &Counters) {
-        self.requests_2xx += o.requests_2xx;
-        self.requests_4xx += o.requests_4xx;
-        self.requests_5xx += o.requests_5xx;
-        self.forwarded_out += o.forwarded_out;
-        self.forwarded_in += o.forwarded_in;
-        self.queue_full += o.queue_full;
-        self.connections_accepted += o.connections_accepted;
-        self.refused_connections += o.refused_connections;
-        self.timed_out_connections += o.timed_out_connections;
-        self.open_connections += o.open_connections;
-    }
-
     pub fn requests(&self) -> u64 {
         self.requests_2xx + self.requests_4xx + self.requests_5xx
     }
