@@ -8,6 +8,7 @@
 
 use ahash::AHashMap;
 
+use crate::counters::counters;
 use crate::user_table::{Entry, UserTable};
 
 /// Why a page request got no page: the one outcome type from the store to
@@ -31,26 +32,20 @@ pub struct Page {
     pub outcome: Result<(), Unserved>,
 }
 
-/// Running totals of one store, read by metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreCounters {
-    pub pages: u64,
-    pub personalized_items: u64,
-    pub fallback_items: u64,
-    pub unknown_users: u64,
-    pub exhausted_users: u64,
-    pub nothing_to_serve: u64,
-}
-
-impl StoreCounters {
-    /// Adds another store's counters (merging shards).
-    pub fn add(&mut self, o: &StoreCounters) {
-        self.pages += o.pages;
-        self.personalized_items += o.personalized_items;
-        self.fallback_items += o.fallback_items;
-        self.unknown_users += o.unknown_users;
-        self.exhausted_users += o.exhausted_users;
-        self.nothing_to_serve += o.nothing_to_serve;
+counters! {
+    /// Running totals of one store, read by metrics.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct StoreCounters {
+        /// Personalized items served.
+        personalized_items: Counter,
+        /// Fallback pool items served.
+        fallback_items: Counter,
+        /// Page requests for users not in the feeds.
+        unknown_users: Counter,
+        /// Users whose personalized feed ran out.
+        exhausted_users: Counter,
+        /// Page requests answered 503: nothing left to serve.
+        nothing_to_serve: Counter,
     }
 }
 
@@ -235,7 +230,6 @@ impl Store {
             c.nothing_to_serve += 1;
             return Err(Unserved::NothingToServe);
         }
-        c.pages += 1;
         c.personalized_items += personalized as u64;
         c.fallback_items += fallback as u64;
         Ok(())

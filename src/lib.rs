@@ -28,6 +28,8 @@
 //! - [`watchdog`]: connection deadlines without a timer per request.
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs); [`cli`]:
 //!   the command line.
+//! - [`counters`]: the macro that declares a counter struct once (fields,
+//!   merging, the table `/stats` and `/metrics` render from).
 //! - [`decimal`], [`hash`]: the one decimal parser and the one mixer.
 //! - [`uring`]: the process's io_uring setup is intercepted there, to give
 //!   glommio's rings `IORING_SETUP_COOP_TASKRUN` (no IPI per completion).
@@ -41,6 +43,7 @@
 
 pub mod cli;
 pub mod conn;
+pub mod counters;
 pub mod decimal;
 pub mod feed;
 pub mod hash;

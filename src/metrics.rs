@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use crate::counters::{counters, Field, Kind};
 use crate::feed::StoreCounters;
 
 /// Histogram range in microseconds: 1 us to 60 s, 3 significant digits.
@@ -40,41 +41,39 @@ pub enum Class {
     ServerError,
 }
 
-/// Counters of one shard, all monotonic except `open_connections`, which is
-/// filled in when a snapshot is taken (from the shard's connection registry).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub requests_2xx: u64,
-    pub requests_4xx: u64,
-    pub requests_5xx: u64,
-    /// Requests this shard sent to their owner.
-    pub forwarded_out: u64,
-    /// Requests other shards sent to this one.
-    pub forwarded_in: u64,
-    /// `503` because a queue to another shard (or the in-flight table) was full.
-    pub queue_full: u64,
-    pub connections_accepted: u64,
-    /// Connections answered `503` and closed at the connection limit.
-    pub refused_connections: u64,
-    /// Connections closed by a deadline (slow head, idle, stuck write).
-    pub timed_out_connections: u64,
-    pub open_connections: u64,
+counters! {
+    /// Counters of one shard, all monotonic except `open_connections`, which is
+    /// filled in when a snapshot is taken (from the shard's connection
+    /// registry). A counter is declared here once: its doc's first line is its
+    /// help text, and `/stats` and `/metrics` render [`Counters::FIELDS`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Counters {
+        /// Answered requests by status class.
+        requests_2xx: Status("2xx"),
+        /// Answered requests by status class.
+        requests_4xx: Status("4xx"),
+        /// Answered requests by status class.
+        requests_5xx: Status("5xx"),
+        /// Requests sent to the shard owning the user.
+        forwarded_out: Counter,
+        /// Requests received from other shards.
+        forwarded_in: Counter,
+        /// Requests answered 503 because a cross-shard queue was full.
+        ///
+        /// Also counts a full in-flight table (no ticket for one more forward).
+        queue_full: Counter,
+        /// Connections accepted.
+        connections_accepted: Counter,
+        /// Connections answered 503 at the per-shard connection limit.
+        refused_connections: Counter,
+        /// Connections closed by a deadline: slow request head, idle, stuck write.
+        timed_out_connections: Counter,
+        /// Connections open now.
+        open_connections: Gauge,
+    }
 }
 
 impl Counters {
-    fn add(&mut self, o: &Counters) {
-        self.requests_2xx += o.requests_2xx;
-        self.requests_4xx += o.requests_4xx;
-        self.requests_5xx += o.requests_5xx;
-        self.forwarded_out += o.forwarded_out;
-        self.forwarded_in += o.forwarded_in;
-        self.queue_full += o.queue_full;
-        self.connections_accepted += o.connections_accepted;
-        self.refused_connections += o.refused_connections;
-        self.timed_out_connections += o.timed_out_connections;
-        self.open_connections += o.open_connections;
-    }
-
     pub fn requests(&self) -> u64 {
         self.requests_2xx + self.requests_4xx + self.requests_5xx
     }
@@ -143,7 +142,7 @@ impl ShardMetrics {
 
     pub fn snapshot(&self, shard: usize, store: StoreCounters) -> Snapshot {
         Snapshot {
-            shards: vec![shard],
+            shard: Some(shard),
             local: self.local.clone(),
             forwarded: self.forwarded.clone(),
             round_trip: self.round_trip.clone(),
@@ -158,8 +157,8 @@ impl ShardMetrics {
 /// An owned copy of one shard's (or several merged shards') instruments.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The shards this snapshot covers.
-    pub shards: Vec<usize>,
+    /// The shard this snapshot is of; `None` for a merge of several.
+    pub shard: Option<usize>,
     pub local: Histogram<u64>,
     pub forwarded: Histogram<u64>,
     pub round_trip: Histogram<u64>,
@@ -179,7 +178,7 @@ impl Snapshot {
 
     pub fn merge(snapshots: &[Snapshot]) -> Snapshot {
         let mut merged = Snapshot {
-            shards: Vec::new(),
+            shard: None,
             local: new_histogram(),
             forwarded: new_histogram(),
             round_trip: new_histogram(),
@@ -189,7 +188,6 @@ impl Snapshot {
             store: StoreCounters::default(),
         };
         for s in snapshots {
-            merged.shards.extend(&s.shards);
             merged.local.add(&s.local).expect("same bounds");
             merged.forwarded.add(&s.forwarded).expect("same bounds");
             merged.round_trip.add(&s.round_trip).expect("same bounds");
@@ -200,6 +198,12 @@ impl Snapshot {
         }
         merged
     }
+}
+
+/// The shard a snapshot is of. Rendering takes one snapshot per shard, never
+/// a merge.
+fn shard_id(s: &Snapshot) -> usize {
+    s.shard.expect("one shard's snapshot, not a merge")
 }
 
 /// The percentiles reported everywhere.
@@ -214,42 +218,29 @@ fn latency_json(out: &mut String, h: &Histogram<u64>) {
     let _ = write!(out, ",\"max\":{}}}", h.max());
 }
 
+/// `,"name":value` for every counter of a table.
+fn counters_json<T>(out: &mut String, fields: &[Field<T>], counters: &T) {
+    for f in fields {
+        let _ = write!(out, ",\"{}\":{}", f.name, (f.get)(counters));
+    }
+}
+
 fn snapshot_json(out: &mut String, s: &Snapshot) {
-    let c = &s.counters;
-    let st = &s.store;
-    out.push_str("{\"latency_us\":");
-    latency_json(out, &s.all());
-    out.push_str(",\"local_latency_us\":");
-    latency_json(out, &s.local);
-    out.push_str(",\"forwarded_latency_us\":");
-    latency_json(out, &s.forwarded);
-    out.push_str(",\"round_trip_us\":");
-    latency_json(out, &s.round_trip);
-    let _ = write!(
-        out,
-        ",\"requests\":{},\"requests_2xx\":{},\"requests_4xx\":{},\"requests_5xx\":{},\
-         \"forwarded_out\":{},\"forwarded_in\":{},\"queue_full\":{},\
-         \"personalized_items\":{},\"fallback_items\":{},\"unknown_users\":{},\
-         \"exhausted_users\":{},\"nothing_to_serve\":{},\
-         \"connections_accepted\":{},\"refused_connections\":{},\
-         \"timed_out_connections\":{},\"open_connections\":{}}}",
-        c.requests(),
-        c.requests_2xx,
-        c.requests_4xx,
-        c.requests_5xx,
-        c.forwarded_out,
-        c.forwarded_in,
-        c.queue_full,
-        st.personalized_items,
-        st.fallback_items,
-        st.unknown_users,
-        st.exhausted_users,
-        st.nothing_to_serve,
-        c.connections_accepted,
-        c.refused_connections,
-        c.timed_out_connections,
-        c.open_connections,
-    );
+    let all = s.all();
+    let latencies = [
+        ("latency_us", &all),
+        ("local_latency_us", &s.local),
+        ("forwarded_latency_us", &s.forwarded),
+        ("round_trip_us", &s.round_trip),
+    ];
+    for (i, (name, h)) in latencies.into_iter().enumerate() {
+        let _ = write!(out, "{}\"{name}\":", if i == 0 { '{' } else { ',' });
+        latency_json(out, h);
+    }
+    let _ = write!(out, ",\"requests\":{}", s.counters.requests());
+    counters_json(out, Counters::FIELDS, &s.counters);
+    counters_json(out, StoreCounters::FIELDS, &s.store);
+    out.push('}');
 }
 
 /// `/stats`: `{"shards":[{"shard":0,...},...],"all":{...}}`.
@@ -260,7 +251,7 @@ pub fn stats_json(snapshots: &[Snapshot]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{{\"shard\":{},\"stats\":", s.shards[0]);
+        let _ = write!(out, "{{\"shard\":{},\"stats\":", shard_id(s));
         snapshot_json(&mut out, s);
         out.push('}');
     }
@@ -280,172 +271,85 @@ const BUCKETS_S: [f64; 17] = [
 /// every series.
 pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
     let mut out = String::with_capacity(4096 * snapshots.len());
-    let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&Snapshot) -> u64| {
-        let _ = writeln!(out, "# HELP shardfeed_{name} {help}");
-        let _ = writeln!(out, "# TYPE shardfeed_{name} counter");
-        for s in snapshots {
-            let _ = writeln!(
-                out,
-                "shardfeed_{name}{{shard=\"{}\"}} {}",
-                s.shards[0],
-                get(s)
-            );
-        }
-    };
-    let _ = writeln!(
-        out,
-        "# HELP shardfeed_requests_total Answered requests by status class."
-    );
-    let _ = writeln!(out, "# TYPE shardfeed_requests_total counter");
-    for s in snapshots {
-        let c = &s.counters;
-        for (class, n) in [
-            ("2xx", c.requests_2xx),
-            ("4xx", c.requests_4xx),
-            ("5xx", c.requests_5xx),
-        ] {
-            let _ = writeln!(
-                out,
-                "shardfeed_requests_total{{shard=\"{}\",status=\"{class}\"}} {n}",
-                s.shards[0]
-            );
-        }
-    }
-    counter(
-        &mut out,
-        "forwarded_out_total",
-        "Requests sent to the shard owning the user.",
-        &|s| s.counters.forwarded_out,
-    );
-    counter(
-        &mut out,
-        "forwarded_in_total",
-        "Requests received from other shards.",
-        &|s| s.counters.forwarded_in,
-    );
-    counter(
-        &mut out,
-        "queue_full_total",
-        "Requests answered 503 because a cross-shard queue was full.",
-        &|s| s.counters.queue_full,
-    );
-    counter(
-        &mut out,
-        "personalized_items_total",
-        "Personalized items served.",
-        &|s| s.store.personalized_items,
-    );
-    counter(
-        &mut out,
-        "fallback_items_total",
-        "Fallback pool items served.",
-        &|s| s.store.fallback_items,
-    );
-    counter(
-        &mut out,
-        "unknown_users_total",
-        "Page requests for users not in the feeds.",
-        &|s| s.store.unknown_users,
-    );
-    counter(
-        &mut out,
-        "exhausted_users_total",
-        "Users whose personalized feed ran out.",
-        &|s| s.store.exhausted_users,
-    );
-    counter(
-        &mut out,
-        "nothing_to_serve_total",
-        "Page requests answered 503: nothing left to serve.",
-        &|s| s.store.nothing_to_serve,
-    );
-    counter(
-        &mut out,
-        "connections_accepted_total",
-        "Connections accepted.",
-        &|s| s.counters.connections_accepted,
-    );
-    counter(
-        &mut out,
-        "refused_connections_total",
-        "Connections answered 503 at the per-shard connection limit.",
-        &|s| s.counters.refused_connections,
-    );
-    counter(
-        &mut out,
-        "timed_out_connections_total",
-        "Connections closed by a deadline: slow request head, idle, stuck write.",
-        &|s| s.counters.timed_out_connections,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP shardfeed_open_connections Connections open now."
-    );
-    let _ = writeln!(out, "# TYPE shardfeed_open_connections gauge");
-    for s in snapshots {
-        let _ = writeln!(
-            out,
-            "shardfeed_open_connections{{shard=\"{}\"}} {}",
-            s.shards[0], s.counters.open_connections
-        );
-    }
+    prometheus_counters(&mut out, snapshots, Counters::FIELDS, |s| &s.counters);
+    prometheus_counters(&mut out, snapshots, StoreCounters::FIELDS, |s| &s.store);
 
-    let _ = writeln!(
-        out,
-        "# HELP shardfeed_request_duration_seconds Request service time: parsed to answer handed to the socket."
-    );
-    let _ = writeln!(out, "# TYPE shardfeed_request_duration_seconds histogram");
+    let name = "request_duration_seconds";
+    let help = "Request service time: parsed to answer handed to the socket.";
+    family(&mut out, name, help, "histogram");
     for s in snapshots {
         for (route, h, sum_us) in [
             ("local", &s.local, s.local_sum_us),
             ("forwarded", &s.forwarded, s.forwarded_sum_us),
         ] {
-            let labels = format!("shard=\"{}\",route=\"{route}\"", s.shards[0]);
-            prometheus_buckets(&mut out, "shardfeed_request_duration_seconds", &labels, h);
-            let _ = writeln!(
-                out,
-                "shardfeed_request_duration_seconds_sum{{{labels}}} {}",
-                sum_us as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "shardfeed_request_duration_seconds_count{{{labels}}} {}",
-                h.len()
-            );
+            let labels = format!("shard=\"{}\",route=\"{route}\"", shard_id(s));
+            prometheus_histogram(&mut out, name, &labels, h, sum_us as f64 / 1e6);
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP shardfeed_forward_round_trip_seconds Forwarded request sent to the owner until its reply is back."
-    );
-    let _ = writeln!(out, "# TYPE shardfeed_forward_round_trip_seconds histogram");
+
+    let name = "forward_round_trip_seconds";
+    let help = "Forwarded request sent to the owner until its reply is back.";
+    family(&mut out, name, help, "histogram");
     for s in snapshots {
-        let labels = format!("shard=\"{}\"", s.shards[0]);
         let h = &s.round_trip;
-        prometheus_buckets(&mut out, "shardfeed_forward_round_trip_seconds", &labels, h);
         // The round trip keeps no exact sum: the histogram's mean is within
         // its 0.1 % precision.
         let sum = h.mean() * h.len() as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "shardfeed_forward_round_trip_seconds_sum{{{labels}}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "shardfeed_forward_round_trip_seconds_count{{{labels}}} {}",
-            h.len()
-        );
+        let labels = format!("shard=\"{}\"", shard_id(s));
+        prometheus_histogram(&mut out, name, &labels, h, sum);
     }
     out
 }
 
-fn prometheus_buckets(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
+/// One family per counter of a table: `shardfeed_<name>_total` for a
+/// [`Kind::Counter`], `shardfeed_<name>` for a [`Kind::Gauge`]. A run of
+/// [`Kind::Status`] fields is the one family `shardfeed_requests_total`,
+/// labelled `status`, with the first field's help text.
+fn prometheus_counters<T>(
+    out: &mut String,
+    snapshots: &[Snapshot],
+    fields: &[Field<T>],
+    counters: fn(&Snapshot) -> &T,
+) {
+    let one_family =
+        |a: &Field<T>, b: &Field<T>| matches!((a.kind, b.kind), (Kind::Status(_), Kind::Status(_)));
+    for members in fields.chunk_by(one_family) {
+        let first = &members[0];
+        let (name, kind) = match first.kind {
+            Kind::Counter => (format!("{}_total", first.name), "counter"),
+            Kind::Gauge => (first.name.to_string(), "gauge"),
+            Kind::Status(_) => ("requests_total".to_string(), "counter"),
+        };
+        family(out, &name, first.help, kind);
+        for s in snapshots {
+            for f in members {
+                let _ = write!(out, "shardfeed_{name}{{shard=\"{}\"", shard_id(s));
+                if let Kind::Status(class) = f.kind {
+                    let _ = write!(out, ",status=\"{class}\"");
+                }
+                let _ = writeln!(out, "}} {}", (f.get)(counters(s)));
+            }
+        }
+    }
+}
+
+/// A family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP shardfeed_{name} {help}");
+    let _ = writeln!(out, "# TYPE shardfeed_{name} {kind}");
+}
+
+/// One histogram's series: cumulative buckets, `_sum` (seconds), `_count`.
+fn prometheus_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>, sum: f64) {
+    let name = format!("shardfeed_{name}");
     for le in BUCKETS_S {
         let le_us = (le * 1e6) as u64;
         let n = h.count_between(0, le_us);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
     }
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
 }
 
 /// A histogram's percentile distribution: the HdrHistogram text layout
@@ -509,7 +413,7 @@ pub fn summary_table(snapshots: &[Snapshot]) -> String {
         );
     };
     for s in snapshots {
-        row(&mut out, &s.shards[0].to_string(), &s.all());
+        row(&mut out, &shard_id(s).to_string(), &s.all());
     }
     row(&mut out, "all", &Snapshot::merge(snapshots).all());
     out
@@ -532,7 +436,6 @@ mod tests {
         m.snapshot(
             id,
             StoreCounters {
-                pages: 1,
                 exhausted_users: id as u64,
                 ..Default::default()
             },
@@ -543,11 +446,12 @@ mod tests {
     fn records_and_merges() {
         let a = shard(0, &[10, 20, 30], &[100]);
         let b = shard(1, &[1000], &[]);
+        assert_eq!((a.shard, b.shard), (Some(0), Some(1)));
         assert_eq!(a.counters.requests(), 4);
         assert_eq!((a.counters.requests_2xx, a.counters.requests_5xx), (3, 1));
         assert_eq!(a.local_sum_us, 60);
         let all = Snapshot::merge(&[a, b]);
-        assert_eq!(all.shards, [0, 1]);
+        assert_eq!(all.shard, None);
         assert_eq!(all.all().len(), 5);
         assert_eq!(all.all().max(), 1000);
         assert_eq!(all.store.exhausted_users, 1);
@@ -583,6 +487,55 @@ mod tests {
             "{json}"
         );
         assert!(json.contains("\"forwarded_out\":1"), "{json}");
+    }
+
+    /// Every counter of both tables is in `/stats` and in `/metrics`, per
+    /// shard, with its value and (in `/metrics`) its help text.
+    #[test]
+    fn every_counter_is_rendered_per_shard() {
+        let mut snapshots = [shard(0, &[10], &[20]), shard(1, &[30], &[])];
+        snapshots[1].counters.open_connections = 3;
+        snapshots[1].store.fallback_items = 4;
+        let json: serde_json::Value = serde_json::from_str(&stats_json(&snapshots)).unwrap();
+        let text = prometheus_text(&snapshots);
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("valid exposition text");
+        let check = |name: &str, help: &str, kind: Kind, value: &dyn Fn(&Snapshot) -> u64| {
+            let (series, status) = match kind {
+                Kind::Counter => (format!("shardfeed_{name}_total"), None),
+                Kind::Gauge => (format!("shardfeed_{name}"), None),
+                Kind::Status(class) => ("shardfeed_requests_total".to_string(), Some(class)),
+            };
+            assert_eq!(scrape.docs.get(&series[..]).map(|d| &d[..]), Some(help));
+            for (i, s) in snapshots.iter().enumerate() {
+                assert_eq!(json["shards"][i]["stats"][name], value(s), "{name}");
+                let shard = i.to_string();
+                let found: Vec<_> = scrape
+                    .samples
+                    .iter()
+                    .filter(|x| x.metric == series && x.labels.get("shard") == Some(&shard))
+                    .filter(|x| x.labels.get("status") == status)
+                    .collect();
+                assert_eq!(found.len(), 1, "{series} {shard} {status:?}");
+                let (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) =
+                    found[0].value
+                else {
+                    panic!("{series}: {:?}", found[0].value);
+                };
+                assert_eq!(v, value(s) as f64, "{series} {shard}");
+            }
+            let merged = Snapshot::merge(&snapshots);
+            assert_eq!(json["all"][name], value(&merged), "{name}");
+        };
+        for f in Counters::FIELDS {
+            check(f.name, f.help, f.kind, &|s| (f.get)(&s.counters));
+        }
+        for f in StoreCounters::FIELDS {
+            check(f.name, f.help, f.kind, &|s| (f.get)(&s.store));
+        }
+        assert_eq!(json["all"]["requests"], 3);
+        assert_eq!(json["all"]["open_connections"], 3);
+        assert_eq!(json["all"]["fallback_items"], 4);
     }
 
     #[test]

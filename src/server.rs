@@ -282,7 +282,7 @@ impl Running {
         if let Some(log) = self.histogram_log {
             log.finish()?;
         }
-        drained.sort_by_key(|s| s.shards[0]);
+        drained.sort_by_key(|s| s.shard);
         Ok(drained)
     }
 }

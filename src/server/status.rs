@@ -93,7 +93,7 @@ impl StatusLine {
     }
 
     pub(super) fn add(&mut self, snapshot: Snapshot) {
-        let i = snapshot.shards[0];
+        let i = snapshot.shard.expect("one shard's snapshot");
         self.pending[i] = Some(snapshot);
         if self.pending.iter().any(Option::is_none) {
             return;

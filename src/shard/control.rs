@@ -79,7 +79,7 @@ impl Control {
                 }
             }
         }
-        all.sort_by_key(|s| s.shards[0]);
+        all.sort_by_key(|s| s.shard);
         Some(all)
     }
 
