@@ -16,11 +16,11 @@
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use shardfeed::data::{self, Synthetic};
 use shardfeed::feed::Pool;
-use shardfeed::http::Limits;
 use shardfeed::metrics::ShardMetrics;
-use shardfeed::shard::{self, owner_of, Pending, ShardId, MAX_IN_FLIGHT};
+use shardfeed::session::{PageAsk, Pending};
+use shardfeed::shard::{self, owner_of, ShardId, ShardParts, MAX_IN_FLIGHT};
+use shardfeed::synthetic::{self, Synthetic};
 
 const SHARDS: usize = 2;
 const SPEC: Synthetic = Synthetic {
@@ -62,19 +62,22 @@ fn main() {
             .io_memory(128 * 1024)
             .spawn(move || async move {
                 let owns = |u| owner_of(u, SHARDS) == ShardId(i);
-                let store = data::synthetic_store(&SPEC, owns).build(Pool::new(0..50));
-                let limits = Limits::DEFAULT;
-                let metrics = ShardMetrics::new(false);
-                let me = shard::start(
-                    ShardId(i),
-                    SHARDS,
+                let store = synthetic::synthetic_store(&SPEC, owns).build(Pool::new(0..50));
+                let me = shard::start(ShardParts {
+                    id: ShardId(i),
+                    shards: SHARDS,
                     store,
-                    limits,
-                    MAX_IN_FLIGHT,
-                    metrics,
+                    max_size: 100,
+                    max_in_flight: MAX_IN_FLIGHT,
+                    metrics: ShardMetrics::new(false),
                     links,
-                )
+                })
                 .await;
+                let ask = |user| PageAsk {
+                    user,
+                    size: 10,
+                    peek: false,
+                };
                 if i != 0 {
                     // The owner only answers; the process exits when shard 0
                     // is done.
@@ -88,8 +91,8 @@ fn main() {
                 let n = 200_000;
                 let (t, c) = (Instant::now(), cpu_seconds());
                 for k in 0..n {
-                    match me.page(take(&local, k), 10, Instant::now()) {
-                        Pending::Ready(Ok(page)) => me.recycle(page),
+                    match me.page(ask(take(&local, k)), Instant::now()) {
+                        Pending::Ready(page) if page.outcome.is_ok() => me.recycle(page.items),
                         _ => panic!("a local page"),
                     }
                 }
@@ -99,11 +102,11 @@ fn main() {
                 let n = 20_000;
                 let (t, c) = (Instant::now(), cpu_seconds());
                 for k in 0..n {
-                    let Pending::Forwarded(ticket) = me.page(take(&remote, k), 10, Instant::now())
+                    let Pending::Forwarded(ticket) = me.page(ask(take(&remote, k)), Instant::now())
                     else {
                         panic!("a forwarded page");
                     };
-                    me.recycle(ticket.await.expect("a page"));
+                    me.recycle(ticket.await.items);
                 }
                 report(
                     "forwarded, one at a time",
@@ -119,13 +122,13 @@ fn main() {
                 for k in 0..n / batch {
                     for j in 0..batch {
                         let user = take(&remote, k * batch + j);
-                        match me.page(user, 10, Instant::now()) {
+                        match me.page(ask(user), Instant::now()) {
                             Pending::Forwarded(ticket) => tickets.push(ticket),
                             Pending::Ready(_) => panic!("a forwarded page"),
                         }
                     }
                     for ticket in tickets.drain(..) {
-                        me.recycle(ticket.await.expect("a page"));
+                        me.recycle(ticket.await.items);
                     }
                 }
                 report(

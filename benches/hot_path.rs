@@ -6,9 +6,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use shardfeed::data::{self, Synthetic};
 use shardfeed::feed::Pool;
-use shardfeed::http::{self, HttpDate, Limits, Persist};
+use shardfeed::http::{self, Framing, HttpDate, Limits, Persist};
+use shardfeed::load;
+use shardfeed::synthetic::{self, Synthetic};
 use shardfeed::metrics::{Class, Route, ShardMetrics};
 use shardfeed::shard::owner_of;
 
@@ -46,7 +47,7 @@ fn main() {
     let mut out = Vec::with_capacity(4096);
     bench("http::encode_page (10 items)", 5_000_000, |_| {
         out.clear();
-        http::encode_page(&mut out, &date, Persist::KeepAlive, black_box(&page));
+        http::encode_page(&mut out, &date, Framing::full(Persist::KeepAlive), black_box(&page));
         black_box(&out);
     });
     bench("shard::owner_of", 50_000_000, |i| {
@@ -73,9 +74,9 @@ fn main() {
         seed: 42,
     };
     let start = Instant::now();
-    let (mut seen, mut feed, mut sum) = (data::SeenSet::default(), Vec::new(), 0u64);
+    let (mut seen, mut feed, mut sum) = (synthetic::SeenSet::default(), Vec::new(), 0u64);
     for user in 1..=1_000_000 {
-        data::synthetic_feed(&spec, user, &mut seen, &mut feed);
+        synthetic::synthetic_feed(&spec, user, &mut seen, &mut feed);
         sum += feed[0] as u64;
     }
     black_box(sum);
@@ -85,13 +86,13 @@ fn main() {
         start.elapsed().as_secs_f64()
     );
     let start = Instant::now();
-    let builder = data::synthetic_store(&spec, |_| true);
+    let builder = synthetic::synthetic_store(&spec, |_| true);
     println!(
         "{:<44} {:>10.2} s",
         "synthetic_store (1M users x 200, 1 thread)",
         start.elapsed().as_secs_f64()
     );
-    let pool = data::top_items(&data::count_items(builder.items(), 1_000_000), 50);
+    let pool = load::top_items(&load::count_items(builder.items(), 1_000_000), 50);
     let mut store = builder.build(Pool::new(pool));
     let mut page = Vec::with_capacity(100);
     let mut rng = 0x2545_f491_4f6c_dd1du64;

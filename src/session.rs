@@ -169,6 +169,12 @@ impl<B: Backend> Session<B> {
         self.input.filled > 0
     }
 
+    /// Bytes the input buffer holds at most now (test builds: its bound).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn input_capacity(&self) -> usize {
+        self.input.buf.len()
+    }
+
     /// The answers to write, in request order.
     pub fn output(&self) -> &[u8] {
         &self.out

@@ -2,13 +2,13 @@
 //! connection's answer loop on arbitrary bytes split at arbitrary points (a
 //! bounded, CI-sized sibling of `fuzz/fuzz_targets/answer_loop.rs`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use shardfeed::answer::{run_offline, Answers, LocalBackend};
-use shardfeed::feed::{PageError, Pool, StoreBuilder};
+use shardfeed::feed::{Pool, StoreBuilder, Unserved};
 use shardfeed::http::Limits;
+use shardfeed::session::Session;
+use shardfeed::testing::{run_offline, LocalBackend};
 
 /// The store's contract, written the plain way: lists, a served count per
 /// user, and a pool walked from a cursor with `contains` checks.
@@ -76,13 +76,19 @@ proptest! {
         let mut page = Vec::new();
         for (user, size) in requests {
             let want = model.next_page(user, size);
+            let before = store.counters();
             match store.next_page(user, size, &mut page) {
-                Ok(stats) => {
+                Ok(()) => {
+                    let after = store.counters();
                     prop_assert_eq!(&page, &want);
-                    prop_assert_eq!(stats.unknown_user, !model.feeds.contains_key(&user));
-                    prop_assert_eq!((stats.personalized + stats.fallback) as usize, page.len());
+                    let unknown = after.unknown_users - before.unknown_users;
+                    prop_assert_eq!(unknown == 1, !model.feeds.contains_key(&user));
+                    let served = after.personalized_items + after.fallback_items
+                        - before.personalized_items - before.fallback_items;
+                    prop_assert_eq!(served as usize, page.len());
                 }
-                Err(PageError::NothingToServe) => prop_assert!(want.is_empty()),
+                Err(Unserved::NothingToServe) => prop_assert!(want.is_empty()),
+                Err(Unserved::Overloaded) => prop_assert!(false, "a store is never overloaded"),
             }
         }
         // Every personalized item was served at most once, in order.
@@ -106,6 +112,11 @@ proptest! {
                 &b"\r\n"[..],
                 &b"Content-Length: 9\r\n"[..],
                 &b"Transfer-Encoding: chunked\r\n"[..],
+                &b"HEAD /feed/3 HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                &b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                &b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                &b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"[..],
+                &b"Connection: close\r\n"[..],
             ]),
             0..6,
         ),
@@ -129,16 +140,14 @@ proptest! {
             builder.push_user(user, (0..10).map(|i| user * 100 + i)).unwrap();
         }
         let limits = Limits { max_head: 400, max_request_line: 200, max_body: 16, ..Limits::DEFAULT };
-        let backend = LocalBackend {
-            store: RefCell::new(builder.build(Pool::new([7, 8, 9]))),
-            limits,
-        };
-        let mut answers = Answers::new(backend, 3, 2048);
-        let done = run_offline(&mut answers, chunks);
-        // Every answer is complete and framed by its Content-Length.
+        let backend = LocalBackend::new(builder.build(Pool::new([7, 8, 9])));
+        let mut session = Session::new(backend, limits, 3, 2048);
+        let done = run_offline(&mut session, chunks);
+        // Every answer is complete and framed, nothing follows an answer
+        // that says close, and the connection closes exactly then.
         if let Err(why) = done.answers() {
             prop_assert!(false, "{}", why);
         }
-        prop_assert!(answers.input.data().len() <= limits.max_request() + 1);
+        prop_assert!(session.input_capacity() <= limits.max_request() + 1);
     }
 }

@@ -1,18 +1,19 @@
 //! Arbitrary bytes, split at arbitrary points, through the connection's
-//! decode/answer loop (`shardfeed::answer`), against a real store.
+//! session (`shardfeed::session`), against a real store.
 //!
 //! Input layout: the first byte says how many of the following bytes are
 //! chunk sizes; the rest is what the client sends, cut into chunks of those
-//! sizes (cycled). Checks: no panic, and every answer written is a complete,
-//! well-framed HTTP/1.1 response.
+//! sizes (cycled). Checks (`testing::Offline::answers`): no panic, every
+//! answer written is a complete, well-framed HTTP/1.1 response, nothing
+//! follows an answer that says `Connection: close`, and the connection
+//! closes exactly after such an answer.
 #![no_main]
 
-use std::cell::RefCell;
-
 use libfuzzer_sys::fuzz_target;
-use shardfeed::answer::{run_offline, Answers, LocalBackend};
 use shardfeed::feed::{Pool, StoreBuilder};
 use shardfeed::http::Limits;
+use shardfeed::session::Session;
+use shardfeed::testing::{run_offline, LocalBackend};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {
@@ -41,12 +42,9 @@ fuzz_target!(|data: &[u8]| {
         max_body: 64,
         ..Limits::DEFAULT
     };
-    let backend = LocalBackend {
-        store: RefCell::new(builder.build(Pool::new([90, 91, 92]))),
-        limits,
-    };
-    let mut answers = Answers::new(backend, 4, 4096);
-    let done = run_offline(&mut answers, chunks);
+    let backend = LocalBackend::new(builder.build(Pool::new([90, 91, 92])));
+    let mut session = Session::new(backend, limits, 4, 4096);
+    let done = run_offline(&mut session, chunks);
     if let Err(why) = done.answers() {
         panic!("{why}");
     }

@@ -106,10 +106,15 @@ impl Server {
 
     /// Sends SIGTERM and waits (at most `limit`) for the process to exit.
     /// Returns its status, the rest of its stdout, and how long it took.
-    pub fn terminate(mut self, limit: Duration) -> (ExitStatus, String, Duration) {
-        let started = Instant::now();
+    pub fn terminate(self, limit: Duration) -> (ExitStatus, String, Duration) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit(limit)
+    }
+
+    /// Waits (at most `limit`) for the process to exit by itself.
+    pub fn wait_exit(mut self, limit: Duration) -> (ExitStatus, String, Duration) {
+        let started = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
@@ -225,8 +230,18 @@ impl Client {
 
     /// Reads one full response (framed by Content-Length).
     pub fn response(&mut self) -> Response {
+        self.read_response(true)
+    }
+
+    /// Reads the response to a `HEAD`: its head only, whatever its
+    /// Content-Length says (the body stays empty).
+    pub fn head_response(&mut self) -> Response {
+        self.read_response(false)
+    }
+
+    fn read_response(&mut self, with_body: bool) -> Response {
         loop {
-            if let Some((resp, used)) = parse_response(&self.buf) {
+            if let Some((resp, used)) = parse_response(&self.buf, with_body) {
                 self.buf.drain(..used);
                 return resp;
             }
@@ -253,7 +268,9 @@ pub fn get(target: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n")
 }
 
-fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
+/// One response at the start of `buf`: framed by its Content-Length, or
+/// bodiless (`1xx`, `204`, or the answer to a `HEAD` when `!with_body`).
+fn parse_response(buf: &[u8], with_body: bool) -> Option<(Response, usize)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).unwrap();
     let mut lines = head.split("\r\n");
@@ -266,11 +283,21 @@ fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
             (n.to_string(), v.trim().to_string())
         })
         .collect();
-    let len: usize = headers
+    let length = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().unwrap())
-        .expect("every response has Content-Length");
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    let bodiless = status < 200 || status == 204;
+    assert_eq!(
+        length.is_none(),
+        bodiless,
+        "Content-Length on every answer but 1xx and 204: {head}"
+    );
+    let len = if bodiless || !with_body {
+        0
+    } else {
+        length.unwrap()
+    };
     let total = end + 4 + len;
     if buf.len() < total {
         return None;

@@ -1,0 +1,55 @@
+//! A server run in-process through the library seam (`server::start`),
+//! as the binary's `serve` runs it: real listeners, real shards.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use clap::Parser;
+use shardfeed::cli::{Cli, Command};
+use shardfeed::server;
+
+fn get(addr: std::net::SocketAddr, target: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn start_serve_stop_and_report() {
+    let cli = Cli::parse_from([
+        "shardfeed", "serve", "--listen", "127.0.0.1:0", "--shards", "2", "--users", "100",
+        "--feed-len", "5", "--items", "50",
+    ]);
+    let Command::Serve(args) = cli.command else {
+        unreachable!()
+    };
+    let config = args.config().unwrap();
+    let listeners = server::bind(config.listen, config.cpus.len()).unwrap();
+    let running = server::start(&config, listeners).unwrap();
+    let addr = running.addr;
+    assert_ne!(addr.port(), 0);
+    let stop = running.stop_handle();
+    let waiter = std::thread::spawn(move || running.wait());
+
+    let first = get(addr, "/feed/7?size=5");
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    let again = get(addr, "/feed/7?size=5");
+    let body = |a: &str| a.split_once("\r\n\r\n").unwrap().1.to_string();
+    assert_ne!(body(&first), body(&again), "progress advanced");
+    assert!(get(addr, "/feed/x").starts_with("HTTP/1.1 422 "));
+
+    stop.stop("the test is done");
+    stop.stop("an echo of the same stop");
+    let drained = waiter.join().unwrap().expect("a clean stop");
+    assert_eq!(drained.len(), 2);
+    let shard_ids: Vec<_> = drained.iter().map(|s| s.shard).collect();
+    assert_eq!(shard_ids, [Some(0), Some(1)]);
+    let (ok, client_errors): (u64, u64) = drained.iter().fold((0, 0), |(ok, bad), s| {
+        (ok + s.counters.requests_2xx, bad + s.counters.requests_4xx)
+    });
+    assert_eq!((ok, client_errors), (2, 1));
+}
