@@ -35,6 +35,34 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 /// `IORING_SETUP_COOP_TASKRUN` from `<linux/io_uring.h>`.
 const IORING_SETUP_COOP_TASKRUN: u32 = 1 << 8;
 
+/// `struct io_uring_params` of `<linux/io_uring.h>` (kernel ABI since 5.1,
+/// 120 bytes, 8-byte aligned): what `io_uring_setup(2)` reads and, on
+/// success, copies back.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoUringParams {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    pub flags: u32,
+    pub sq_thread_cpu: u32,
+    pub sq_thread_idle: u32,
+    pub features: u32,
+    pub wq_fd: u32,
+    pub resv: [u32; 3],
+    /// `struct io_sqring_offsets`, filled in by the kernel (40 bytes).
+    pub sq_off: [u64; 5],
+    /// `struct io_cqring_offsets`, filled in by the kernel (40 bytes).
+    pub cq_off: [u64; 5],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<IoUringParams>() == 120);
+    assert!(std::mem::align_of::<IoUringParams>() == 8);
+    assert!(std::mem::offset_of!(IoUringParams, flags) == 8);
+    assert!(std::mem::offset_of!(IoUringParams, sq_off) == 40);
+    assert!(std::mem::offset_of!(IoUringParams, cq_off) == 80);
+};
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static REFUSED: AtomicBool = AtomicBool::new(false);
 static COOP_RINGS: AtomicU32 = AtomicU32::new(0);
