@@ -3,6 +3,8 @@
 
 use std::io;
 
+use crate::uring::IoUringParams;
+
 /// glommio's own floor for `RLIMIT_MEMLOCK`: below it, it refuses to start.
 pub const MIN_MEMLOCK: u64 = 512 * 1024;
 
@@ -79,10 +81,16 @@ fn format_cpus(cpus: &[usize]) -> String {
 
 /// Creates and closes a tiny io_uring, to say clearly why it fails if it does.
 pub fn check_io_uring() -> Result<(), String> {
-    // struct io_uring_params is 120 bytes; zeroed means "defaults".
-    let mut params = [0u8; 120];
+    // All zero means "defaults".
+    let mut params = IoUringParams::default();
     // SAFETY: io_uring_setup reads and writes only `params`.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_setup,
+            4 as libc::c_long,
+            &mut params as *mut IoUringParams,
+        )
+    };
     if fd >= 0 {
         // SAFETY: `fd` is a descriptor we own.
         unsafe { libc::close(fd as i32) };
