@@ -9,9 +9,9 @@ use std::time::Instant;
 use shardfeed::feed::Pool;
 use shardfeed::http::{self, Framing, HttpDate, Limits, Persist};
 use shardfeed::load;
-use shardfeed::synthetic::{self, Synthetic};
 use shardfeed::metrics::{Class, Route, ShardMetrics};
 use shardfeed::shard::owner_of;
+use shardfeed::synthetic::{self, Synthetic};
 
 const LIMITS: Limits = Limits::DEFAULT;
 
@@ -47,7 +47,12 @@ fn main() {
     let mut out = Vec::with_capacity(4096);
     bench("http::encode_page (10 items)", 5_000_000, |_| {
         out.clear();
-        http::encode_page(&mut out, &date, Framing::full(Persist::KeepAlive), black_box(&page));
+        http::encode_page(
+            &mut out,
+            &date,
+            Framing::full(Persist::KeepAlive),
+            black_box(&page),
+        );
         black_box(&out);
     });
     bench("shard::owner_of", 50_000_000, |i| {

@@ -307,7 +307,10 @@ impl GenArgs {
             Some(path) => {
                 let file = std::fs::File::create(path)
                     .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                synthetic::write_synthetic(&spec, &mut std::io::BufWriter::with_capacity(1 << 20, file))
+                synthetic::write_synthetic(
+                    &spec,
+                    &mut std::io::BufWriter::with_capacity(1 << 20, file),
+                )
             }
             None => synthetic::write_synthetic(
                 &spec,

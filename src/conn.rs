@@ -163,7 +163,12 @@ async fn time_out(stream: &mut TcpStream, session: &mut Session<Rc<Shard>>) {
 async fn refuse(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut out = Vec::new();
     let err = HttpError::TooManyConnections;
-    http::encode_error(&mut out, &http::cached_date(), Framing::full(Persist::Close), err);
+    http::encode_error(
+        &mut out,
+        &http::cached_date(),
+        Framing::full(Persist::Close),
+        err,
+    );
     shard.metrics.borrow_mut().counters.refused_connections += 1;
     let write = async { stream.write_all(&out).await.map_err(Into::into) };
     if glommio::timer::timeout(Duration::from_secs(1), write)

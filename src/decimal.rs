@@ -28,7 +28,10 @@ pub fn parse(text: &[u8], max: u64) -> Result<u64, DecimalError> {
             return Err(DecimalError::NotDecimal);
         }
         if !too_large {
-            match n.checked_mul(10).and_then(|n| n.checked_add((d - b'0') as u64)) {
+            match n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add((d - b'0') as u64))
+            {
                 Some(v) if v <= max => n = v,
                 _ => too_large = true,
             }
@@ -69,8 +72,21 @@ mod tests {
             Err(DecimalError::TooLarge)
         );
         assert_eq!(parse(b"", 10), Err(DecimalError::Empty));
-        for bad in [&b"-1"[..], b"+1", b" 1", b"1 ", b"1x", b"x", b"99999999999x", b"1,2"] {
-            assert_eq!(parse(bad, u64::MAX), Err(DecimalError::NotDecimal), "{bad:?}");
+        for bad in [
+            &b"-1"[..],
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"1x",
+            b"x",
+            b"99999999999x",
+            b"1,2",
+        ] {
+            assert_eq!(
+                parse(bad, u64::MAX),
+                Err(DecimalError::NotDecimal),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -185,17 +185,33 @@ impl Store {
     /// Serves the user's next page of up to `size` items into `page` (cleared
     /// first): the next unseen personalized items in feed order, then distinct
     /// pool items not already on the page. Advances the user's progress.
-    pub fn next_page(&mut self, user: u32, size: usize, page: &mut Vec<u32>) -> Result<(), Unserved> {
+    pub fn next_page(
+        &mut self,
+        user: u32,
+        size: usize,
+        page: &mut Vec<u32>,
+    ) -> Result<(), Unserved> {
         self.fill(user, size, page, true)
     }
 
     /// The page [`Store::next_page`] would serve now, without serving it:
     /// no progress, no pool rotation, no counters (for `HEAD`).
-    pub fn peek_page(&mut self, user: u32, size: usize, page: &mut Vec<u32>) -> Result<(), Unserved> {
+    pub fn peek_page(
+        &mut self,
+        user: u32,
+        size: usize,
+        page: &mut Vec<u32>,
+    ) -> Result<(), Unserved> {
         self.fill(user, size, page, false)
     }
 
-    fn fill(&mut self, user: u32, size: usize, page: &mut Vec<u32>, serve: bool) -> Result<(), Unserved> {
+    fn fill(
+        &mut self,
+        user: u32,
+        size: usize,
+        page: &mut Vec<u32>,
+        serve: bool,
+    ) -> Result<(), Unserved> {
         page.clear();
         let (mut unknown, mut exhausted_now) = (false, false);
         match self.users.get_mut(user) {
@@ -310,7 +326,11 @@ mod tests {
         assert_eq!(page, [60, 20]);
         s.next_page(1, 2, &mut page).unwrap();
         assert_eq!(s.counters().fallback_items, 6);
-        assert_eq!(s.counters().exhausted_users, 1, "exhaustion is counted once");
+        assert_eq!(
+            s.counters().exhausted_users,
+            1,
+            "exhaustion is counted once"
+        );
     }
 
     #[test]
@@ -380,7 +400,10 @@ mod tests {
         s.next_page(99, 2, &mut page).unwrap();
         assert_eq!(page, peeked, "the pool did not rotate for the peek");
         let mut empty = store(&[(1, &[])], &[]);
-        assert_eq!(empty.peek_page(1, 3, &mut peeked), Err(Unserved::NothingToServe));
+        assert_eq!(
+            empty.peek_page(1, 3, &mut peeked),
+            Err(Unserved::NothingToServe)
+        );
         assert_eq!(empty.counters().nothing_to_serve, 0);
     }
 }

@@ -31,8 +31,13 @@
 //! - [`counters`]: the macro that declares a counter struct once (fields,
 //!   merging, the table `/stats` and `/metrics` render from).
 //! - [`decimal`], [`hash`]: the one decimal parser and the one mixer.
-//! - [`uring`]: the process's io_uring setup is intercepted there, to give
-//!   glommio's rings `IORING_SETUP_COOP_TASKRUN` (no IPI per completion).
+//! - [`uring`]: **the process's io_uring setup is intercepted.** `build.rs`
+//!   links the binary, tests and benches with
+//!   `-Wl,--wrap=__sys_io_uring_setup`, so every ring glommio's bundled
+//!   liburing creates goes through `uring::__wrap___sys_io_uring_setup`,
+//!   which adds `IORING_SETUP_COOP_TASKRUN` (no IPI per completion). No
+//!   other call is redirected; crates linking shardfeed as a library do
+//!   not get the wrap.
 //! - `testing` (feature `testing`, and this crate's tests): a session over
 //!   one store without sockets, and the oracle of the property and fuzz
 //!   tests.

@@ -65,7 +65,6 @@ impl LoadError {
             message: format!("cannot read: {e}"),
         }
     }
-
 }
 
 impl fmt::Display for LoadError {
@@ -190,8 +189,12 @@ fn parse_items(list: &[u8], out: &mut Vec<u32>) -> Result<(), String> {
 fn parse_u32(s: &[u8]) -> Result<u32, String> {
     decimal::parse_u32(s).map_err(|e| match e {
         DecimalError::Empty => "empty value".to_string(),
-        DecimalError::NotDecimal => format!("`{}` is not a decimal number", String::from_utf8_lossy(s)),
-        DecimalError::TooLarge => format!("`{}` is larger than 4294967295", String::from_utf8_lossy(s)),
+        DecimalError::NotDecimal => {
+            format!("`{}` is not a decimal number", String::from_utf8_lossy(s))
+        }
+        DecimalError::TooLarge => {
+            format!("`{}` is larger than 4294967295", String::from_utf8_lossy(s))
+        }
     })
 }
 

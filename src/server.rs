@@ -209,7 +209,8 @@ fn start_shard(
         .spawn(move || async move {
             let shard = shard::start(parts).await;
             // SAFETY: the descriptor comes from a listening socket we own.
-            let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+            let listener =
+                unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
             life.run(shard, listener).await
         })
         .map_err(|e| format!("cannot start shard {i} on CPU {cpu}: {e}"))?;
@@ -275,7 +276,10 @@ impl Running {
                 Ok(_) => {}
                 Err(_) => {
                     let late = self.shards - drained.len();
-                    return Err(format!("{late} of {} shards did not finish in time", self.shards));
+                    return Err(format!(
+                        "{late} of {} shards did not finish in time",
+                        self.shards
+                    ));
                 }
             }
         }
@@ -312,7 +316,12 @@ impl ShardLife {
         spawn_local(refresh_date()).detach();
         let log = status::IntervalLog::start(&shard, self.log, self.config.histogram_interval);
         if let Some(every) = self.config.log_interval {
-            spawn_local(status::send_status(shard.clone(), self.events.clone(), every)).detach();
+            spawn_local(status::send_status(
+                shard.clone(),
+                self.events.clone(),
+                every,
+            ))
+            .detach();
         }
         let _ = self.events.send(Event::Ready);
 

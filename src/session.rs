@@ -288,7 +288,9 @@ impl<B: Backend> Session<B> {
         } else {
             Class::ClientError
         };
-        self.encode(route, class, |out, date| http::encode_error(out, date, f, err));
+        self.encode(route, class, |out, date| {
+            http::encode_error(out, date, f, err)
+        });
     }
 
     /// Answers `err` and closes, outside any request (a head that did not
@@ -469,14 +471,21 @@ mod tests {
     }
 
     fn statuses(done: &Offline) -> Vec<u16> {
-        done.answers().expect("well-framed answers").iter().map(|a| a.status()).collect()
+        done.answers()
+            .expect("well-framed answers")
+            .iter()
+            .map(|a| a.status())
+            .collect()
     }
 
     /// The review's bug: an error that closes (here an invalid target) used
     /// to say `Connection: close` and then answer the next request anyway.
     #[test]
     fn an_answer_that_says_close_is_the_last() {
-        for bad in ["GET * HTTP/1.1\r\nHost: t\r\n\r\n", "GET nope HTTP/1.1\r\nHost: t\r\n\r\n"] {
+        for bad in [
+            "GET * HTTP/1.1\r\nHost: t\r\n\r\n",
+            "GET nope HTTP/1.1\r\nHost: t\r\n\r\n",
+        ] {
             let raw = get("/feed/2") + bad + &get("/feed/2");
             let done = run_offline(&mut answers(128), [raw.as_bytes()]);
             assert_eq!(statuses(&done), [200, 400], "{bad:?}");
@@ -502,9 +511,23 @@ mod tests {
         let got = done.answers().unwrap();
         assert_eq!(statuses(&done), [200, 200, 200, 404, 200, 200]);
         assert!(got[..4].iter().all(|a| a.body.is_empty()));
-        assert_eq!(bodies(&done)[4..], ["[200,201,202]", "[300,301,302]"], "HEAD served nothing");
-        let head_len = |a: &crate::testing::Answer| a.head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().to_string();
-        assert_eq!(head_len(&got[0]), head_len(&got[4]), "HEAD announces the GET's length");
+        assert_eq!(
+            bodies(&done)[4..],
+            ["[200,201,202]", "[300,301,302]"],
+            "HEAD served nothing"
+        );
+        let head_len = |a: &crate::testing::Answer| {
+            a.head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            head_len(&got[0]),
+            head_len(&got[4]),
+            "HEAD announces the GET's length"
+        );
     }
 
     #[test]
@@ -529,7 +552,8 @@ mod tests {
         assert!(more.output.is_empty(), "one 100 Continue per request");
         let rest = run_offline(&mut s, [&b"cd"[..], get("/feed/2?size=1").as_bytes()]);
         assert_eq!(bodies(&rest), ["[200]", "[201]"]);
-        let refused = "GET /feed/2 HTTP/1.1\r\nHost: t\r\nExpect: x\r\n\r\n".to_string() + &get("/feed/2");
+        let refused =
+            "GET /feed/2 HTTP/1.1\r\nHost: t\r\nExpect: x\r\n\r\n".to_string() + &get("/feed/2");
         let done = run_offline(&mut answers(128), [refused.as_bytes()]);
         assert_eq!(statuses(&done), [417]);
         assert!(done.closed);

@@ -30,14 +30,14 @@ use std::time::Instant;
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::{GlommioError, ResourceType};
 
-use crate::session::{Backend, PageAsk, Pending};
 use crate::feed::{Page, Store, Unserved};
 use crate::hash::mix64;
 use crate::metrics::{Class, Route, ShardMetrics, Snapshot};
+use crate::session::{Backend, PageAsk, Pending};
 use crate::watchdog::Registry;
 pub use mesh::{make_links, Links};
-use tickets::{Tickets, Token};
 pub use tickets::Ticket;
+use tickets::{Tickets, Token};
 
 /// Requests queued to one peer before `503`.
 pub const REQUEST_QUEUE: usize = 1024;

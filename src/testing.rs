@@ -115,7 +115,9 @@ impl Offline {
                 std::str::from_utf8(&out[..head_end]).map_err(|_| "a head that is not text")?;
             let rest = &out[head_end + 4..];
             let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let length = head.lines().find_map(|l| l.strip_prefix("Content-Length: "));
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "));
             if status == 100 {
                 if length.is_some() || head.lines().count() != 1 {
                     return Err("a 100 Continue with headers".into());

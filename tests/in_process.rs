@@ -12,7 +12,11 @@ use shardfeed::server;
 fn get(addr: std::net::SocketAddr, target: &str) -> String {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(c, "GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        c,
+        "GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     c.read_to_string(&mut answer).unwrap();
     answer
@@ -21,8 +25,18 @@ fn get(addr: std::net::SocketAddr, target: &str) -> String {
 #[test]
 fn start_serve_stop_and_report() {
     let cli = Cli::parse_from([
-        "shardfeed", "serve", "--listen", "127.0.0.1:0", "--shards", "2", "--users", "100",
-        "--feed-len", "5", "--items", "50",
+        "shardfeed",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--users",
+        "100",
+        "--feed-len",
+        "5",
+        "--items",
+        "50",
     ]);
     let Command::Serve(args) = cli.command else {
         unreachable!()

@@ -117,7 +117,10 @@ fn every_error_status_with_a_json_message() {
 
     c.send(b"DELETE /feed/1 HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = c.response();
-    assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD, OPTIONS")));
+    assert_eq!(
+        (r.status, r.header("Allow")),
+        (405, Some("GET, HEAD, OPTIONS"))
+    );
     assert_eq!(r.error(), "method not allowed: use GET or HEAD");
 
     // Errors that make the stream untrustworthy answer and close.

@@ -76,7 +76,6 @@ fn two(out: &mut [u8], n: u64) {
     out[1] = b'0' + (n % 10) as u8;
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -338,7 +338,11 @@ mod tests {
     fn incomplete_at_every_split_point_then_complete() {
         let raw = b"GET /feed/12?size=3 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody";
         for cut in 0..raw.len() {
-            assert_eq!(decode(&raw[..cut], LIMITS), Decoded::Incomplete, "cut at {cut}");
+            assert_eq!(
+                decode(&raw[..cut], LIMITS),
+                Decoded::Incomplete,
+                "cut at {cut}"
+            );
         }
         let r = req(raw);
         assert_eq!(r.len, raw.len(), "the body is consumed");
@@ -417,35 +421,26 @@ mod tests {
     fn oversized_head_and_body() {
         let mut huge = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         huge.resize(MAX_HEAD + 1, b'a');
-        assert_eq!(
-            action(&huge),
-            Action::Fail(HttpError::HeadTooLarge(8192))
-        );
+        assert_eq!(action(&huge), Action::Fail(HttpError::HeadTooLarge(8192)));
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for _ in 0..MAX_HEADERS + 1 {
             many.extend(b"A: b\r\n");
         }
         many.extend(b"\r\n");
-        assert_eq!(
-            action(&many),
-            Action::Fail(HttpError::HeadTooLarge(8192))
-        );
+        assert_eq!(action(&many), Action::Fail(HttpError::HeadTooLarge(8192)));
         let body = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 4097\r\n\r\n";
-        assert_eq!(
-            action(body),
-            Action::Fail(HttpError::BodyTooLarge(4096))
-        );
+        assert_eq!(action(body), Action::Fail(HttpError::BodyTooLarge(4096)));
         // A request line over its limit is 414, complete or not.
         let long = get(&format!("/feed/1?{}", "x".repeat(MAX_REQUEST_LINE)));
-        assert_eq!(
-            action(&long),
-            Action::Fail(HttpError::UriTooLong(4096))
-        );
+        assert_eq!(action(&long), Action::Fail(HttpError::UriTooLong(4096)));
         assert_eq!(
             action(&long[..MAX_REQUEST_LINE + 1]),
             Action::Fail(HttpError::UriTooLong(4096))
         );
-        assert_eq!(decode(&long[..MAX_REQUEST_LINE], LIMITS), Decoded::Incomplete);
+        assert_eq!(
+            decode(&long[..MAX_REQUEST_LINE], LIMITS),
+            Decoded::Incomplete
+        );
         // Smaller configured limits apply.
         let small = Limits {
             max_head: 100,
@@ -486,19 +481,28 @@ mod tests {
         assert!(head.head);
         assert_eq!(head.action, Action::Feed { user: 3, size: 2 });
         assert!(!req(&get("/feed/3")).head);
-        let options = |target: &str| action(format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        let options = |target: &str| {
+            action(format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        };
         assert_eq!(options("*"), Action::Options);
         assert_eq!(options("/feed/1"), Action::Options);
         assert_eq!(options("/healthz"), Action::Options);
         assert_eq!(options("/nope"), Action::Fail(HttpError::NotFound));
-        assert!(matches!(action(&get("*")), Action::Fail(HttpError::BadRequest(_))));
+        assert!(matches!(
+            action(&get("*")),
+            Action::Fail(HttpError::BadRequest(_))
+        ));
 
         // A body announced with 100-continue: say so until it arrives.
         let raw = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\nabc";
         let head_len = raw.len() - 3;
         assert_eq!(decode(&raw[..head_len - 1], LIMITS), Decoded::Incomplete);
         for cut in head_len..raw.len() {
-            assert_eq!(decode(&raw[..cut], LIMITS), Decoded::AwaitsContinue, "cut at {cut}");
+            assert_eq!(
+                decode(&raw[..cut], LIMITS),
+                Decoded::AwaitsContinue,
+                "cut at {cut}"
+            );
         }
         assert_eq!(req(raw).len, raw.len());
         // No body, or the body already here: nothing to wait for.
@@ -512,7 +516,8 @@ mod tests {
         // Too large a body is refused before the client sends it.
         let big = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 99999\r\n\r\n";
         assert_eq!(action(big), Action::Fail(HttpError::BodyTooLarge(4096)));
-        let huge = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n";
+        let huge =
+            b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n";
         assert_eq!(action(huge), Action::Fail(HttpError::BodyTooLarge(4096)));
     }
 }

@@ -51,8 +51,22 @@ pub fn encode_health(out: &mut Vec<u8>, date: &HttpDate, f: Framing) {
 }
 
 /// Appends a `200` answer with the given body and content type.
-pub fn encode_body(out: &mut Vec<u8>, date: &HttpDate, f: Framing, content_type: &str, body: &[u8]) {
-    write_head(out, "200 OK", date, content_type, f.persist, b"", body.len());
+pub fn encode_body(
+    out: &mut Vec<u8>,
+    date: &HttpDate,
+    f: Framing,
+    content_type: &str,
+    body: &[u8],
+) {
+    write_head(
+        out,
+        "200 OK",
+        date,
+        content_type,
+        f.persist,
+        b"",
+        body.len(),
+    );
     if f.body {
         out.extend_from_slice(body);
     }
@@ -198,7 +212,9 @@ mod tests {
             HttpError::BadRequest("x"),
         );
         assert!(
-            !String::from_utf8(out.clone()).unwrap().contains("Connection:"),
+            !String::from_utf8(out.clone())
+                .unwrap()
+                .contains("Connection:"),
             "the caller decides about the connection, not the encoder"
         );
         out.clear();
@@ -257,7 +273,13 @@ mod tests {
             encode_health(&mut out, &date, Framing::full(persist));
             assert_framed(std::str::from_utf8(&out).unwrap());
             let mut out = Vec::new();
-            encode_body(&mut out, &date, Framing::full(persist), "text/plain", b"a\nb\n");
+            encode_body(
+                &mut out,
+                &date,
+                Framing::full(persist),
+                "text/plain",
+                b"a\nb\n",
+            );
             assert_framed(std::str::from_utf8(&out).unwrap());
         }
     }
@@ -292,7 +314,12 @@ mod tests {
         assert!(get.starts_with(&head_only));
         assert_eq!(&get[head_only.len()..], b"[1,22]");
         let (mut err, mut err_head) = (Vec::new(), Vec::new());
-        encode_error(&mut err, &date, Framing::full(Persist::KeepAlive), HttpError::NotFound);
+        encode_error(
+            &mut err,
+            &date,
+            Framing::full(Persist::KeepAlive),
+            HttpError::NotFound,
+        );
         encode_error(&mut err_head, &date, head, HttpError::NotFound);
         assert!(err.starts_with(&err_head));
         assert_eq!(&err[err_head.len()..], br#"{"error":"no such resource"}"#);

@@ -126,8 +126,6 @@ impl HttpError {
     }
 }
 
-/// Decodes the first request in `buf`.
-
 impl From<Unserved> for HttpError {
     fn from(u: Unserved) -> HttpError {
         match u {

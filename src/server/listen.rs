@@ -84,4 +84,3 @@ pub(super) fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     unsafe { libc::sigwait(set, &mut sig) };
     sig
 }
-

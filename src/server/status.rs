@@ -24,12 +24,20 @@ pub(super) async fn send_status(shard: Rc<Shard>, events: mpsc::Sender<Event>, e
 /// A shard's end of the histogram log: the sender, shared with the task
 /// that sends each interval, and taken back at the end so that the writer
 /// thread sees every sender go.
-pub(super) struct IntervalLog(Rc<RefCell<Option<(mpsc::Sender<Interval>, SystemTime)>>>);
+pub(super) struct IntervalLog(LogSlot);
+
+/// The log's sender and the start of the current interval; `None` once the
+/// shard has sent its last interval.
+type LogSlot = Rc<RefCell<Option<(mpsc::Sender<Interval>, SystemTime)>>>;
 
 impl IntervalLog {
     /// Starts sending `shard`'s interval histogram every `every` (if the log
     /// is on).
-    pub(super) fn start(shard: &Rc<Shard>, log: Option<mpsc::Sender<Interval>>, every: Duration) -> IntervalLog {
+    pub(super) fn start(
+        shard: &Rc<Shard>,
+        log: Option<mpsc::Sender<Interval>>,
+        every: Duration,
+    ) -> IntervalLog {
         let on = log.is_some();
         let slot = Rc::new(RefCell::new(log.map(|tx| (tx, SystemTime::now()))));
         if on {
@@ -48,7 +56,7 @@ impl IntervalLog {
 
 async fn send_intervals(
     shard: Rc<Shard>,
-    slot: Rc<RefCell<Option<(mpsc::Sender<Interval>, SystemTime)>>>,
+    slot: LogSlot,
     every: Duration,
 ) {
     loop {
@@ -124,4 +132,3 @@ fn status_text(elapsed: Duration, before: &Snapshot, now: &Snapshot) -> String {
         now.store.exhausted_users
     )
 }
-

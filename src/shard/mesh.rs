@@ -25,7 +25,6 @@ pub struct Links {
     pub control: Duplex<ControlRequest, ControlReply>,
 }
 
-
 /// Creates the channel meshes for `n` shards: element `i` belongs to shard `i`.
 pub fn make_links(n: usize) -> Vec<Links> {
     let mut pages = make_duplex(n, REQUEST_QUEUE, REPLY_QUEUE).into_iter();

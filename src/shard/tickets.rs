@@ -178,7 +178,10 @@ mod tests {
         let b = t.open().unwrap();
         assert_ne!(a, b);
         let (waker, unclaimed) = t.complete(reply(a, Ok(())));
-        assert!(waker.is_none() && unclaimed.is_none(), "the page waits for its ticket");
+        assert!(
+            waker.is_none() && unclaimed.is_none(),
+            "the page waits for its ticket"
+        );
         assert!(matches!(&t.slots[a.slot as usize].state, State::Done(p) if p.outcome.is_ok()));
         // b's waiter goes away: its reply's buffer is handed back.
         t.slots[b.slot as usize].state = State::Abandoned;
