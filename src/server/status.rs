@@ -54,11 +54,7 @@ impl IntervalLog {
     }
 }
 
-async fn send_intervals(
-    shard: Rc<Shard>,
-    slot: LogSlot,
-    every: Duration,
-) {
+async fn send_intervals(shard: Rc<Shard>, slot: LogSlot, every: Duration) {
     loop {
         glommio::timer::sleep(every).await;
         let mut slot = slot.borrow_mut();
