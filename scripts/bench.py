@@ -7,6 +7,8 @@
     scripts/bench.sh --open-loop 10000       # oha at a fixed 10k req/s, latency corrected
     scripts/bench.sh --quick --rounds 3 --shards 2 --record
     scripts/bench.sh --quick --server-arg=--no-pin        # flags for shardfeed: with `=`
+    scripts/bench.sh --quick --rounds 4 --no-baselines --against /tmp/shardfeed-old
+                                             # A B A B against another build
 
 Each round starts every server afresh, in turn (A B C D, A B C D, ...), so
 that the noisy machine drifts alike over all of them:
@@ -116,8 +118,8 @@ def free_port():
 
 
 class Shardfeed:
-    def __init__(self, binary, shards, args):
-        self.name = f"shardfeed-{shards}"
+    def __init__(self, binary, shards, args, label="shardfeed"):
+        self.name = f"{label}-{shards}"
         self.command = [binary, "serve", "--listen", "127.0.0.1:0", "--shards", str(shards)] + args
         self.proc = None
 
@@ -327,6 +329,8 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="A B A B rounds")
     p.add_argument("--no-baselines", action="store_true", help="shardfeed only")
     p.add_argument("--bin", help="shardfeed binary to run instead of building")
+    p.add_argument("--against", metavar="BIN",
+                   help="another shardfeed binary (e.g. a build of the previous commit), run interleaved with this one as `against-N`")
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for shardfeed serve; write --server-arg=--flag")
     p.add_argument("--record", action="store_true", help="save a record under benches/runs/")
     args = p.parse_args()
@@ -354,11 +358,16 @@ def main():
     sf_args = ["--users", str(args.users), "--feed-len", str(args.feed_len)] + args.server_arg
     if args.cpus:
         sf_args += ["--cpus", args.cpus]
-    servers = [Shardfeed(binary, args.shards, sf_args)]
-    if baselines:
-        servers.append(Nginx(args.shards))
-        if args.shards > 1:
-            servers += [Shardfeed(binary, 1, sf_args), Nginx(1)]
+    def group(shards):
+        group = [Shardfeed(binary, shards, sf_args)]
+        if args.against:
+            group.append(Shardfeed(args.against, shards, sf_args, label="against"))
+        if baselines:
+            group.append(Nginx(shards))
+        return group
+    servers = group(args.shards)
+    if (baselines or args.against) and args.shards > 1:
+        servers += group(1)
     wrk_args = ["-t", str(wrk["threads"]), "-c", str(wrk["conns"]), "-d", wrk["duration"], "--latency"]
     env = dict(os.environ, SHARDFEED_USERS=str(args.users), SHARDFEED_SIZE=str(args.size))
     hz = os.sysconf("SC_CLK_TCK")
@@ -400,7 +409,8 @@ def main():
         lines.append(f"{name:<12} {m['rps']:>10,.0f} ({lo:,.0f}-{hi:,.0f}) {m['p50_us'] / 1000:7.2f}ms {m['p99_us'] / 1000:7.2f}ms"
                      f" {m['p999_us'] / 1000:7.2f}ms {m['cpu_us_per_request']:7.2f}us {m['ipis_per_request']:8.2f} {fwd} {rss} {start} {m['non_2xx']:>8} {m['socket_errors']:>7}")
     ratios = []
-    for sf, ng in ((f"shardfeed-{args.shards}", f"nginx-{args.shards}"), ("shardfeed-1", "nginx-1")):
+    pairs = [(f"shardfeed-{n}", f"{other}-{n}") for other in ("nginx", "against") for n in sorted({args.shards, 1}, reverse=True)]
+    for sf, ng in pairs:
         a, b = summary["servers"].get(sf), summary["servers"].get(ng)
         if a and b:
             ratio = {"rps": a["rps"] / b["rps"], "cpu_per_request": a["cpu_us_per_request"] / b["cpu_us_per_request"],

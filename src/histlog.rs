@@ -18,9 +18,11 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
+use crate::shard::ShardId;
+
 /// One interval of one shard.
 pub struct Interval {
-    pub shard: usize,
+    pub shard: ShardId,
     pub start: SystemTime,
     pub end: SystemTime,
     pub histogram: Histogram<u64>,
@@ -80,7 +82,7 @@ fn write_log(
         .map_err(|e| err(&e))?;
     let mut tags: Vec<String> = Vec::new();
     for interval in intervals {
-        while tags.len() <= interval.shard {
+        while tags.len() <= interval.shard.0 {
             tags.push(format!("shard-{}", tags.len()));
         }
         let start = interval.start.duration_since(base).unwrap_or_default();
@@ -92,7 +94,7 @@ fn write_log(
             &interval.histogram,
             start,
             length,
-            Tag::new(&tags[interval.shard]),
+            Tag::new(&tags[interval.shard.0]),
         )
         .map_err(|e| err(&e))?;
     }
@@ -156,7 +158,7 @@ mod tests {
             }
             let start = base + Duration::from_secs(i as u64);
             tx.send(Interval {
-                shard,
+                shard: ShardId(shard),
                 start,
                 end: start + Duration::from_secs(1),
                 histogram: h.clone(),

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 
 use crate::counters::{counters, Field, Kind};
 use crate::feed::StoreCounters;
+use crate::shard::ShardId;
 
 /// Histogram range in microseconds: 1 us to 60 s, 3 significant digits.
 pub const HIST_LOW_US: u64 = 1;
@@ -140,7 +141,7 @@ impl ShardMetrics {
         Some(taken)
     }
 
-    pub fn snapshot(&self, shard: usize, store: StoreCounters) -> Snapshot {
+    pub fn snapshot(&self, shard: ShardId, store: StoreCounters) -> Snapshot {
         Snapshot {
             shard: Some(shard),
             local: self.local.clone(),
@@ -158,7 +159,7 @@ impl ShardMetrics {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The shard this snapshot is of; `None` for a merge of several.
-    pub shard: Option<usize>,
+    pub shard: Option<ShardId>,
     pub local: Histogram<u64>,
     pub forwarded: Histogram<u64>,
     pub round_trip: Histogram<u64>,
@@ -203,7 +204,7 @@ impl Snapshot {
 /// The shard a snapshot is of. Rendering takes one snapshot per shard, never
 /// a merge.
 fn shard_id(s: &Snapshot) -> usize {
-    s.shard.expect("one shard's snapshot, not a merge")
+    s.shard.expect("one shard's snapshot, not a merge").0
 }
 
 /// The percentiles reported everywhere.
@@ -434,7 +435,7 @@ mod tests {
         }
         m.counters.forwarded_out = forwarded.len() as u64;
         m.snapshot(
-            id,
+            ShardId(id),
             StoreCounters {
                 exhausted_users: id as u64,
                 ..Default::default()
@@ -446,7 +447,7 @@ mod tests {
     fn records_and_merges() {
         let a = shard(0, &[10, 20, 30], &[100]);
         let b = shard(1, &[1000], &[]);
-        assert_eq!((a.shard, b.shard), (Some(0), Some(1)));
+        assert_eq!((a.shard, b.shard), (Some(ShardId(0)), Some(ShardId(1))));
         assert_eq!(a.counters.requests(), 4);
         assert_eq!((a.counters.requests_2xx, a.counters.requests_5xx), (3, 1));
         assert_eq!(a.local_sum_us, 60);

@@ -192,7 +192,7 @@ impl Shard {
     /// This shard's metrics, copied.
     pub fn snapshot(&self) -> Snapshot {
         let store = self.store.borrow().counters();
-        let mut snapshot = self.metrics.borrow().snapshot(self.id.0, store);
+        let mut snapshot = self.metrics.borrow().snapshot(self.id, store);
         snapshot.counters.open_connections = self.connections.open() as u64;
         snapshot
     }

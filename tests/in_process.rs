@@ -60,7 +60,7 @@ fn start_serve_stop_and_report() {
     stop.stop("an echo of the same stop");
     let drained = waiter.join().unwrap().expect("a clean stop");
     assert_eq!(drained.len(), 2);
-    let shard_ids: Vec<_> = drained.iter().map(|s| s.shard).collect();
+    let shard_ids: Vec<_> = drained.iter().map(|s| s.shard.map(|id| id.0)).collect();
     assert_eq!(shard_ids, [Some(0), Some(1)]);
     let (ok, client_errors): (u64, u64) = drained.iter().fold((0, 0), |(ok, bad), s| {
         (ok + s.counters.requests_2xx, bad + s.counters.requests_4xx)

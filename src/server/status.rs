@@ -70,7 +70,7 @@ fn send_interval(shard: &Shard, tx: &mpsc::Sender<Interval>, since: SystemTime) 
     let now = SystemTime::now();
     if let Some(histogram) = shard.metrics.borrow_mut().take_interval() {
         let _ = tx.send(Interval {
-            shard: shard.id.0,
+            shard: shard.id,
             start: since,
             end: now,
             histogram,
@@ -97,7 +97,7 @@ impl StatusLine {
     }
 
     pub(super) fn add(&mut self, snapshot: Snapshot) {
-        let i = snapshot.shard.expect("one shard's snapshot");
+        let i = snapshot.shard.expect("one shard's snapshot").0;
         self.pending[i] = Some(snapshot);
         if self.pending.iter().any(Option::is_none) {
             return;
