@@ -191,7 +191,7 @@ impl Store {
         size: usize,
         page: &mut Vec<u32>,
     ) -> Result<(), Unserved> {
-        self.fill(user, size, page, true)
+        self.page(user, size, page, true)
     }
 
     /// The page [`Store::next_page`] would serve now, without serving it:
@@ -202,10 +202,11 @@ impl Store {
         size: usize,
         page: &mut Vec<u32>,
     ) -> Result<(), Unserved> {
-        self.fill(user, size, page, false)
+        self.page(user, size, page, false)
     }
 
-    fn fill(
+    /// [`Store::next_page`] if `serve`, else [`Store::peek_page`].
+    pub fn page(
         &mut self,
         user: u32,
         size: usize,

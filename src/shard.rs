@@ -154,13 +154,8 @@ impl Shard {
     /// The one call into the store, for local and forwarded requests alike.
     fn serve_here(&self, ask: PageAsk, mut items: Vec<u32>) -> Page {
         debug_assert_eq!(owner_of(ask.user, self.shards), self.id, "only the owner");
-        let mut store = self.store.borrow_mut();
         let size = ask.size as usize;
-        let outcome = if ask.peek {
-            store.peek_page(ask.user, size, &mut items)
-        } else {
-            store.next_page(ask.user, size, &mut items)
-        };
+        let outcome = (self.store.borrow_mut()).page(ask.user, size, &mut items, !ask.peek);
         Page { items, outcome }
     }
 

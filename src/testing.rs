@@ -34,13 +34,8 @@ impl Backend for LocalBackend {
 
     fn page(&self, ask: PageAsk, _now: Instant) -> Pending<Self::Forwarded> {
         let mut items = Vec::new();
-        let mut store = self.store.borrow_mut();
         let size = ask.size as usize;
-        let outcome = if ask.peek {
-            store.peek_page(ask.user, size, &mut items)
-        } else {
-            store.next_page(ask.user, size, &mut items)
-        };
+        let outcome = (self.store.borrow_mut()).page(ask.user, size, &mut items, !ask.peek);
         let page = Page { items, outcome };
         if ask.user % 2 == 1 {
             Pending::Forwarded(std::future::ready(page))
