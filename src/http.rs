@@ -1,26 +1,26 @@
-//! HTTP/1.1 on the wire: bytes in, requests out ([`decode`]); answers to
-//! bytes ([`encode`]). Knows nothing of shards or stores.
+//! HTTP/1.1 on the wire: bytes in, requests out; answers to bytes. Knows
+//! nothing of shards or stores.
 //!
-//! - [`decode`]: one request head (httparse, borrowed, no copies), its
-//!   framing, and the route it asks for. An incomplete request is a normal
-//!   state, not an error.
-//! - [`encode`]: answers written straight into the connection's output
-//!   buffer with `itoa`: no `format!`, no allocation once the buffer has
-//!   grown to its working size.
-//! - [`error`]: every error answer, as a small `Copy` value on the hot path;
-//!   its status and message are produced only when it is encoded.
-//! - [`date`]: the `Date` header, cached per thread and refreshed by a
-//!   timer so that requests never read the clock.
+//! - `http/decode.rs` ([`decode`], [`route`]): one request head (httparse,
+//!   borrowed, no copies), its framing, and the route it asks for. An
+//!   incomplete request is a normal state, not an error.
+//! - `http/encode.rs` (`encode_*`): answers written straight into the
+//!   connection's output buffer with `itoa`: no `format!`, no allocation
+//!   once the buffer has grown to its working size. The `Date` header is
+//!   cached per thread and refreshed by a timer, so that requests never
+//!   read the clock.
+//! - `http/error.rs` ([`HttpError`]): every error answer, as a small `Copy`
+//!   value on the hot path; its status and message are produced only when it
+//!   is encoded.
 
-mod date;
 mod decode;
 mod encode;
 mod error;
 
-pub use date::{cached_date, refresh_date, HttpDate};
 pub use decode::{decode, route};
 pub use encode::{
-    encode_body, encode_continue, encode_error, encode_health, encode_options, encode_page, Framing,
+    cached_date, encode_body, encode_continue, encode_error, encode_health, encode_options,
+    encode_page, refresh_date, Framing, HttpDate,
 };
 pub use error::{HttpError, IdProblem, SizeProblem};
 

@@ -7,16 +7,19 @@
 //!   write the answers back, keep deadlines.
 //! - [`session`]: the connection's protocol state: decode each request,
 //!   answer it or ask the shards, keep answers in request order.
-//! - [`http`]: bytes on the wire: request heads in ([`http::decode`]),
-//!   answers out ([`http::encode`]). Knows no shards.
+//! - [`http`]: bytes on the wire: request heads in (`http/decode.rs`),
+//!   answers out (`http/encode.rs`). Knows no shards.
 //! - [`shard`]: cores, ownership and forwarding: ask the local store if this
 //!   shard owns the user, else send to the owner and wait. Knows no bytes.
 //! - [`feed`]: one shard's store: users, items, progress, the fallback pool.
 //!   No I/O, no locks, no idea that other shards exist. Its index is
 //!   [`user_table`].
 //!
-//! A local page runs through those five files; a forwarded one adds
-//! [`shard`]'s own parts (`shard/tickets.rs` on the origin).
+//! A local page runs through those five modules (six files: `http` decodes
+//! in one and encodes in another), calling only leaf helpers besides
+//! ([`decimal`], [`hash`], [`user_table`], [`metrics`]); a forwarded page
+//! adds the forwarding parts of [`shard`] (`shard/tickets.rs` on the
+//! origin) and nothing else.
 //!
 //! Around the path:
 //! - [`server`]: start-up (bind, load, one executor per shard), supervision,

@@ -5,7 +5,7 @@
 //! memory (see `testing.rs`).
 //!
 //! Whether an answer closes the connection is decided once, in
-//! [`Session::persist_for`]; the encoders only write what they are told.
+//! `Session::persist_for`; the encoders only write what they are told.
 
 use std::future::Future;
 use std::ops::Range;

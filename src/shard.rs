@@ -8,8 +8,8 @@
 //! Ownership is decided here alone, by [`owner_of`]; the loaders ask it which
 //! users each shard keeps.
 //!
-//! Around this core: [`tickets`] (the origin's table of requests awaiting a
-//! reply), [`mesh`] (creating and connecting the channels), [`control`]
+//! Around this core: `shard/tickets.rs` (the origin's table of requests awaiting a
+//! reply), `shard/mesh.rs` (creating and connecting the channels), `shard/control.rs`
 //! (gathering every shard's metrics, and the shard's stop announcement).
 //!
 //! Why forwarding cannot deadlock: requests are only ever sent with
@@ -192,7 +192,7 @@ impl Shard {
         snapshot
     }
 
-    /// Every shard's snapshot, in shard order (see [`control`]).
+    /// Every shard's snapshot, in shard order (see `shard/control.rs`).
     pub async fn snapshots(&self) -> Option<Vec<Snapshot>> {
         self.control.gather(self.snapshot()).await
     }

@@ -7,7 +7,7 @@
 //! item range and the progress share one 24-byte slot, found by linear probing
 //! from the id's hash, so a lookup usually costs one miss before the items.
 //!
-//! The table is at most [`MAX_LOAD`] full (about 1.75 slots probed per hit)
+//! The table is at most `MAX_LOAD` full (about 1.75 slots probed per hit)
 //! and always keeps an empty slot, which ends every probe.
 
 use crate::hash::mix64;
