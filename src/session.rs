@@ -126,10 +126,11 @@ pub struct Session<B: Backend> {
     answered: Vec<(Route, Class)>,
     /// `100 Continue` went out for the request at the start of the input.
     continued: bool,
-    /// Test builds: for every answer, in request order, whether it was sent
-    /// without its body (`HEAD`), so that the test oracle can frame them.
+    /// Test builds, when the test oracle asks (`Some`): for every answer, in
+    /// request order, whether it was sent without its body (`HEAD`), so that
+    /// the oracle can frame them. `None` in a server, even a test build's.
     #[cfg(any(test, feature = "testing"))]
-    pub(crate) bodiless: Vec<bool>,
+    pub(crate) bodiless: Option<Vec<bool>>,
 }
 
 impl<B: Backend> Session<B> {
@@ -146,7 +147,7 @@ impl<B: Backend> Session<B> {
             answered: Vec::new(),
             continued: false,
             #[cfg(any(test, feature = "testing"))]
-            bodiless: Vec::new(),
+            bodiless: None,
         }
     }
 
@@ -245,7 +246,9 @@ impl<B: Backend> Session<B> {
             body: !req.head,
         };
         #[cfg(any(test, feature = "testing"))]
-        self.bodiless.push(req.head);
+        if let Some(log) = &mut self.bodiless {
+            log.push(req.head);
+        }
         let ok = Class::Success;
         match req.action {
             Action::Feed { user, size } => {
@@ -299,7 +302,9 @@ impl<B: Backend> Session<B> {
     pub fn fail_and_close(&mut self, err: HttpError) {
         debug_assert!(self.queued.is_empty() && self.out.is_empty());
         #[cfg(any(test, feature = "testing"))]
-        self.bodiless.push(false);
+        if let Some(log) = &mut self.bodiless {
+            log.push(false);
+        }
         self.encode_error(Route::Local, err, Framing::full(Persist::Close));
     }
 

@@ -160,6 +160,7 @@ pub fn run_offline<'a, B: Backend>(
     chunks: impl IntoIterator<Item = &'a [u8]>,
 ) -> Offline {
     let mut result = Offline::default();
+    session.bodiless.get_or_insert_with(Vec::new);
     'input: for mut chunk in chunks {
         while !chunk.is_empty() {
             let room = session.read_buf();
@@ -187,6 +188,6 @@ pub fn run_offline<'a, B: Backend>(
             }
         }
     }
-    result.bodiless = std::mem::take(&mut session.bodiless);
+    result.bodiless = session.bodiless.take().unwrap_or_default();
     result
 }
