@@ -9,6 +9,7 @@
 use ahash::AHashMap;
 
 use crate::counters::counters;
+use crate::hash::mix64;
 use crate::user_table::{Entry, UserTable};
 
 /// Why a page request got no page: the one outcome type from the store to
@@ -114,6 +115,7 @@ impl StoreBuilder {
             start: start as u64,
             len: len as u32,
             served: 0,
+            prefix: EMPTY_PREFIX,
         };
         if !self.users.insert(user, entry) {
             self.items.truncate(start);
@@ -141,14 +143,51 @@ impl StoreBuilder {
             pool_cursor: 0,
             on_page: Vec::new(),
             counters: StoreCounters::default(),
+            version: 0,
+            advanced: None,
         }
     }
 }
 
+/// The hash of an empty served prefix.
+pub const EMPTY_PREFIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Extends the hash of a served prefix by the next items served. Fixed for
+/// every build: hashes outlive the process in the progress journal.
+#[inline]
+pub fn prefix_hash(mut h: u64, items: &[u32]) -> u64 {
+    for &item in items {
+        h = mix64(h ^ item as u64);
+    }
+    h
+}
+
+/// A user's progress, as the store reports it after a page moved it on and
+/// takes it back at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub user: u32,
+    pub served: u32,
+    /// [`prefix_hash`] of the first `served` items.
+    pub prefix: u64,
+}
+
+/// What [`Store::restore`] made of a remembered progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// The user continues where they were.
+    Kept,
+    /// The user's feed changed under the served items: they start again.
+    Reset,
+    /// The user is not in this feed.
+    Unknown,
+}
+
 /// One shard's users and their progress.
 ///
-/// Invariant: a user's `served <= len`, and only [`Store::next_page`] changes
-/// it, so only the owning shard does.
+/// Invariant: a user's `served <= len`, and only [`Store::next_page`] (and
+/// [`Store::restore`], before serving starts) changes it, so only the owning
+/// shard does.
 #[derive(Debug)]
 pub struct Store {
     /// Every user's items, one user after another.
@@ -162,6 +201,10 @@ pub struct Store {
     /// avoid an allocation per page.
     on_page: Vec<u64>,
     counters: StoreCounters,
+    /// Which feed this store holds (0 until [`Store::set_version`]).
+    version: u64,
+    /// The progress the last served page left, for the journal.
+    advanced: Option<Progress>,
 }
 
 impl Store {
@@ -175,6 +218,75 @@ impl Store {
 
     pub fn counters(&self) -> StoreCounters {
         self.counters
+    }
+
+    /// The feed version this store holds.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Names the feed version this store holds; set once, after loading.
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+
+    /// The progress the last page moved on, if it moved any since the last
+    /// call: what the journal must record.
+    #[inline]
+    pub fn take_advanced(&mut self) -> Option<Progress> {
+        self.advanced.take()
+    }
+
+    /// A user's progress now.
+    pub fn progress(&self, user: u32) -> Option<Progress> {
+        let e = self.users.get(user)?;
+        Some(Progress {
+            user,
+            served: e.served,
+            prefix: e.prefix,
+        })
+    }
+
+    /// Appends the progress of the users in table slots `from..` to `out`,
+    /// at most `max` slots' worth; returns where to go on, `None` when
+    /// every user has been seen. For checkpoints, in chunks between which
+    /// the shard serves.
+    pub fn progress_from(&self, from: usize, max: usize, out: &mut Vec<Progress>) -> Option<usize> {
+        let end = (from + max).min(self.users.slots());
+        for i in from..end {
+            if let Some((user, e)) = self.users.at(i) {
+                out.push(Progress {
+                    user,
+                    served: e.served,
+                    prefix: e.prefix,
+                });
+            }
+        }
+        (end < self.users.slots()).then_some(end)
+    }
+
+    /// Takes back a user's remembered progress at start-up: kept if
+    /// `same_version` (the feed is the one it was served from) or if the
+    /// user's first `served` items still hash to `prefix` (the prefix
+    /// rule); otherwise the user starts again at the beginning.
+    pub fn restore(&mut self, p: Progress, same_version: bool) -> Restored {
+        let Some(e) = self.users.get_mut(p.user) else {
+            return Restored::Unknown;
+        };
+        let start = e.start as usize;
+        let keep = p.served <= e.len
+            && (same_version
+                || prefix_hash(EMPTY_PREFIX, &self.items[start..start + p.served as usize])
+                    == p.prefix);
+        if keep {
+            e.served = p.served;
+            e.prefix = p.prefix;
+            Restored::Kept
+        } else {
+            e.served = 0;
+            e.prefix = EMPTY_PREFIX;
+            Restored::Reset
+        }
     }
 
     /// The user's remaining personalized items, without serving them.
@@ -222,7 +334,13 @@ impl Store {
                 page.extend_from_slice(&self.items[unserved.start..unserved.start + take]);
                 if serve && take > 0 {
                     e.served += take as u32;
+                    e.prefix = prefix_hash(e.prefix, page);
                     exhausted_now = take == unserved.len();
+                    self.advanced = Some(Progress {
+                        user,
+                        served: e.served,
+                        prefix: e.prefix,
+                    });
                 }
             }
             None => unknown = true,
@@ -406,5 +524,76 @@ mod tests {
             Err(Unserved::NothingToServe)
         );
         assert_eq!(empty.counters().nothing_to_serve, 0);
+    }
+
+    #[test]
+    fn progress_carries_the_hash_of_what_was_served() {
+        let mut s = store(&[(1, &[10, 20, 30, 40]), (2, &[5])], &[99]);
+        let mut page = Vec::new();
+        assert_eq!(s.take_advanced(), None);
+        s.next_page(1, 3, &mut page).unwrap();
+        let p = s.take_advanced().unwrap();
+        assert_eq!((p.user, p.served), (1, 3));
+        assert_eq!(p.prefix, prefix_hash(EMPTY_PREFIX, &[10, 20, 30]));
+        assert_eq!(s.take_advanced(), None, "taken once");
+        s.next_page(1, 3, &mut page).unwrap();
+        assert_eq!(
+            s.take_advanced().unwrap().prefix,
+            prefix_hash(EMPTY_PREFIX, &[10, 20, 30, 40])
+        );
+        // Fallback-only pages and peeks move nothing.
+        s.next_page(1, 3, &mut page).unwrap();
+        s.peek_page(2, 1, &mut page).unwrap();
+        s.next_page(7, 1, &mut page).unwrap();
+        assert_eq!(s.take_advanced(), None);
+        assert_eq!(s.progress(1).unwrap().served, 4);
+    }
+
+    #[test]
+    fn restore_keeps_progress_only_over_the_same_items() {
+        let served = prefix_hash(EMPTY_PREFIX, &[10, 20]);
+        let p = |user, served_n, prefix| Progress {
+            user,
+            served: served_n,
+            prefix,
+        };
+        // A new feed whose first two items are the same keeps the progress.
+        let mut s = store(&[(1, &[10, 20, 31]), (2, &[10, 21, 30]), (3, &[10])], &[]);
+        assert_eq!(s.restore(p(1, 2, served), false), Restored::Kept);
+        assert_eq!(s.remaining(1).unwrap(), &[31]);
+        assert_eq!(s.restore(p(2, 2, served), false), Restored::Reset);
+        assert_eq!(s.remaining(2).unwrap(), &[10, 21, 30]);
+        assert_eq!(
+            s.restore(p(3, 2, served), true),
+            Restored::Reset,
+            "more than the feed holds"
+        );
+        assert_eq!(s.restore(p(9, 1, served), false), Restored::Unknown);
+        // The same version is trusted; later pages extend the restored hash.
+        assert_eq!(s.restore(p(2, 1, 12345), true), Restored::Kept);
+        let mut page = Vec::new();
+        s.next_page(1, 1, &mut page).unwrap();
+        assert_eq!(
+            s.take_advanced().unwrap().prefix,
+            prefix_hash(served, &[31])
+        );
+    }
+
+    #[test]
+    fn progress_from_walks_every_user_in_chunks() {
+        let users: Vec<(u32, Vec<u32>)> = (0..100).map(|u| (u, vec![u; 3])).collect();
+        let refs: Vec<(u32, &[u32])> = users.iter().map(|(u, i)| (*u, &i[..])).collect();
+        let mut s = store(&refs, &[]);
+        let mut page = Vec::new();
+        s.next_page(42, 2, &mut page).unwrap();
+        let (mut all, mut at) = (Vec::new(), Some(0));
+        while let Some(from) = at {
+            at = s.progress_from(from, 7, &mut all);
+        }
+        all.sort_by_key(|p| p.user);
+        assert_eq!(all.len(), 100);
+        assert_eq!(all[42].served, 2);
+        assert_eq!(all[41].served, 0);
+        assert_eq!(all[41].prefix, EMPTY_PREFIX);
     }
 }

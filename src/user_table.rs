@@ -4,7 +4,7 @@
 //! Why not a `HashMap<u32, u32>` plus arrays of offsets and progress: a page
 //! for a random user then takes five dependent cache misses (the map's control
 //! bytes, its bucket, the offset, the progress, the items). Here the id, the
-//! item range and the progress share one 24-byte slot, found by linear probing
+//! item range and the progress share one 32-byte slot, found by linear probing
 //! from the id's hash, so a lookup usually costs one miss before the items.
 //!
 //! The table is at most `MAX_LOAD` full (about 1.75 slots probed per hit)
@@ -21,6 +21,9 @@ pub struct Entry {
     pub len: u32,
     /// Items already served (`<= len`).
     pub served: u32,
+    /// Hash of the first `served` items (see `feed::prefix_hash`), kept so
+    /// that the journal can tell whether a changed feed starts the same way.
+    pub prefix: u64,
 }
 
 impl Entry {
@@ -97,6 +100,17 @@ impl UserTable {
         }
     }
 
+    /// Slots to walk with [`UserTable::at`] (a bound, not the user count).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The user in slot `i`, if any: for walking every user in chunks.
+    pub fn at(&self, i: usize) -> Option<(u32, &Entry)> {
+        let slot = self.slots.get(i)?;
+        (slot.key != 0).then(|| ((slot.key - 1) as u32, &slot.entry))
+    }
+
     /// Starts loading the slot where `user`'s probe begins into the cache,
     /// for a caller that knows its next user well ahead (the loaders insert
     /// users one after another; each insert is otherwise a cache miss).
@@ -167,7 +181,7 @@ mod tests {
         Entry {
             start,
             len: 3,
-            served: 0,
+            ..Entry::default()
         }
     }
 
@@ -209,5 +223,15 @@ mod tests {
         for user in 1..=10_000u32 {
             assert_eq!(t.get(user).unwrap().start, user as u64);
         }
+        let mut walked: Vec<u32> = (0..t.slots())
+            .filter_map(|i| t.at(i))
+            .map(|(u, _)| u)
+            .collect();
+        walked.sort_unstable();
+        assert_eq!(
+            walked,
+            (1..=10_000).collect::<Vec<_>>(),
+            "a walk finds every user once"
+        );
     }
 }
