@@ -30,6 +30,7 @@ pub mod hash;
 pub mod histlog;
 pub mod host;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod server;
 pub mod shard;
