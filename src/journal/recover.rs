@@ -25,6 +25,8 @@ use super::Progress;
 
 /// Bytes read at a time from one file.
 const CHUNK: usize = 1 << 20;
+/// How long start-up waits for another holder of the lock to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Most threads recovery uses (it is I/O and memory bound).
 const MAX_THREADS: usize = 8;
 
@@ -332,9 +334,19 @@ fn lock_dir(dir: &Path) -> Result<DirLock, String> {
                 dir.display()
             )
         })?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // A holder that is exiting (a restart), or a copy of our descriptor in
+    // a child between fork and exec, lets go soon: retry for a while.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(DirLock { _file: file });
+        }
         let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             format!(
                 "--state-dir {} is in use by another shardfeed (LOCK is held): stop it or choose another directory",
@@ -344,7 +356,6 @@ fn lock_dir(dir: &Path) -> Result<DirLock, String> {
             format!("cannot lock {}: {e}", path.display())
         });
     }
-    Ok(DirLock { _file: file })
 }
 
 /// One file to read, in replay order by `key`: (generation, shard, 0 for

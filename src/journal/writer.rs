@@ -672,6 +672,9 @@ impl Writer {
                 Step::Park => self.inner.writer.wait().await,
                 Step::Close => {
                     let r = self.close().await;
+                    // Closed explicitly: a dropped glommio file is only
+                    // closed at the executor's next I/O cycle, if any.
+                    let _ = self.dir.close().await;
                     let mut st = self.inner.st.borrow_mut();
                     st.closed = true;
                     st.close_result = Some(r);
