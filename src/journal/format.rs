@@ -796,6 +796,40 @@ pub fn build_segment(header: &FileHeader, batches: &[&[Progress]], seal: bool) -
     out
 }
 
+/// Builds a whole checkpoint in memory: header unit, entries in sectors
+/// (split where the version changes), seal, padded to `unit`. For tests,
+/// benchmarks and tools; the writer's `Checkpoint` makes the same layout.
+pub fn build_checkpoint(header: &FileHeader, entries: &[Progress]) -> Vec<u8> {
+    let unit = header.unit as usize;
+    let mut out = vec![0u8; unit];
+    header.encode(&mut out);
+    let mut index = 0u64;
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let v = rest[0].version;
+        let n = rest
+            .iter()
+            .take(PER_SECTOR)
+            .take_while(|p| p.version == v)
+            .count();
+        let at = out.len();
+        out.resize(at + SECTOR, 0);
+        encode_records_sector(&mut out[at..], header.salt, index, v, &rest[..n]);
+        index += 1;
+        rest = &rest[n..];
+    }
+    let at = out.len();
+    out.resize(at + SECTOR, 0);
+    encode_seal(&mut out[at..], header.salt, index, entries.len() as u64);
+    let mut at = out.len();
+    out.resize(at.div_ceil(unit) * unit, 0);
+    while at < out.len() {
+        encode_pad(&mut out[at..at + SECTOR], header.salt, index);
+        at += SECTOR;
+    }
+    out
+}
+
 /// Decodes a whole segment held in memory: (header, records with LSN >=
 /// `from_lsn`, ending). For tests and tools; recovery streams the same way.
 pub fn decode_segment(
