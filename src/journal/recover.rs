@@ -108,6 +108,8 @@ pub struct RecoveryReport {
     pub users: usize,
     pub bytes_read: u64,
     pub threads: usize,
+    /// Of `took`: reading and decoding the files.
+    pub read_took: Duration,
     pub took: Duration,
 }
 
@@ -122,13 +124,14 @@ impl std::fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "state {}: {} users from {} records in {} files ({:.1} MB) in {} ms",
+            "state {}: {} users from {} records in {} files ({:.1} MB) in {} ms ({} ms reading)",
             self.dir.display(),
             self.users,
             self.records,
             self.files.len(),
             self.bytes_read as f64 / 1e6,
-            self.took.as_millis()
+            self.took.as_millis(),
+            self.read_took.as_millis()
         )?;
         for file in &self.files {
             if let Some(d) = &file.dropped {
@@ -294,7 +297,9 @@ pub fn recover(dir: &Path) -> Result<Recovery, String> {
         .map_or(2, |n| n.get())
         .clamp(1, MAX_THREADS)
         .min(jobs.len().max(1));
+    let reading = Instant::now();
     let results = read_all(dir, &jobs, threads);
+    report.read_took = reading.elapsed();
     let mut parts = Vec::with_capacity(results.len());
     for (records, file) in results {
         match file {
@@ -482,8 +487,9 @@ fn read_file(path: &Path, job: &Job, buf: &mut [u8]) -> FileResult {
         return fail(why);
     }
     let unit = header.unit as u64;
-    // Room for what the file can hold, but not a preallocated segment's worth.
-    let guess = (len.saturating_sub(unit) / SECTOR as u64 * PER_SECTOR as u64).min(1 << 16);
+    // Room for all the file can hold: no copy while growing. For a mostly
+    // unwritten preallocated segment, pages never touched cost nothing.
+    let guess = len.saturating_sub(unit) / SECTOR as u64 * PER_SECTOR as u64;
     let mut out = Vec::with_capacity(guess as usize);
     let mut at = unit;
     let mut report = FileReport {
@@ -581,27 +587,24 @@ fn read_file(path: &Path, job: &Job, buf: &mut [u8]) -> FileResult {
 
 /// Bits of the bucket index of the merge.
 const BUCKET_BITS: u32 = 12;
+/// Bits of one counting-sort pass inside a bucket.
+const PASS_BITS: u32 = 11;
 
 /// The last record of each user, in the order of `parts` (replay order),
 /// sorted by user.
+///
+/// Three stable steps, each on `threads` threads: scatter every record into
+/// one of 4096 buckets by the top bits of `user - min` (thread t's records
+/// of a bucket after those of threads < t); sort each bucket by the
+/// remaining low bits with one or two counting-sort passes (a bucket is
+/// cache-sized); keep the last record of each user. No comparison sort, no
+/// hash map.
 pub(super) fn merge_latest(parts: Vec<Vec<Progress>>, threads: usize) -> Vec<Progress> {
     let total: usize = parts.iter().map(Vec::len).sum();
     if total == 0 {
         return Vec::new();
     }
     let threads = threads.clamp(1, MAX_THREADS).min(total.div_ceil(1 << 16));
-    let (min, max) = parts
-        .iter()
-        .flatten()
-        .fold((u32::MAX, 0u32), |(lo, hi), p| {
-            (lo.min(p.user), hi.max(p.user))
-        });
-    // Buckets by the top BUCKET_BITS significant bits of (user - min), so
-    // that dense small ids spread as well as random ones.
-    let span_bits = 32 - (max - min).leading_zeros();
-    let shift = span_bits.saturating_sub(BUCKET_BITS);
-    let buckets = 1usize << BUCKET_BITS;
-    let bucket = move |p: &Progress| ((p.user - min) >> shift) as usize;
 
     // The replay sequence cut into `threads` consecutive runs of slices.
     let per = total.div_ceil(threads);
@@ -621,6 +624,31 @@ pub(super) fn merge_latest(parts: Vec<Vec<Progress>>, threads: usize) -> Vec<Pro
         }
     }
 
+    let (min, max) = std::thread::scope(|s| {
+        let hs: Vec<_> = runs
+            .iter()
+            .map(|run| {
+                s.spawn(move || {
+                    run.iter()
+                        .copied()
+                        .flatten()
+                        .fold((u32::MAX, 0u32), |(lo, hi), p| {
+                            (lo.min(p.user), hi.max(p.user))
+                        })
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((u32::MAX, 0u32), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)))
+    });
+    // Buckets by the top BUCKET_BITS significant bits of (user - min), so
+    // that dense small ids spread as well as random ones.
+    let span_bits = 32 - (max - min).leading_zeros();
+    let shift = span_bits.saturating_sub(BUCKET_BITS);
+    let buckets = 1usize << BUCKET_BITS;
+    let bucket = move |p: &Progress| ((p.user - min) >> shift) as usize;
+
     let counts: Vec<Vec<usize>> = std::thread::scope(|s| {
         let hs: Vec<_> = runs
             .iter()
@@ -637,9 +665,7 @@ pub(super) fn merge_latest(parts: Vec<Vec<Progress>>, threads: usize) -> Vec<Pro
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
 
-    // Scatter: thread t's records of bucket b go after those of threads < t,
-    // so each bucket keeps the replay order.
-    let mut out = vec![Progress::default(); total];
+    let mut out = zeroed_progress(total);
     let mut sizes = vec![0usize; buckets];
     {
         let mut slots: Vec<Vec<&mut [Progress]>> =
@@ -679,7 +705,6 @@ pub(super) fn merge_latest(parts: Vec<Vec<Progress>>, threads: usize) -> Vec<Pro
             slices.push(head);
             rest = tail;
         }
-        let per = total.div_ceil(threads);
         let mut groups: Vec<(Vec<&mut [Progress]>, &mut [usize])> = Vec::new();
         let mut kept_rest: &mut [usize] = &mut kept;
         let mut it = slices.into_iter().peekable();
@@ -697,8 +722,9 @@ pub(super) fn merge_latest(parts: Vec<Vec<Progress>>, threads: usize) -> Vec<Pro
         std::thread::scope(|s| {
             for (group, k) in groups {
                 s.spawn(move || {
+                    let mut scratch = Vec::new();
                     for (slice, kept) in group.into_iter().zip(k.iter_mut()) {
-                        slice.sort_by_key(|p| p.user);
+                        sort_bucket(slice, &mut scratch, min, shift);
                         let mut w = 0;
                         for i in 0..slice.len() {
                             if i + 1 < slice.len() && slice[i + 1].user == slice[i].user {
@@ -723,6 +749,65 @@ pub(super) fn merge_latest(parts: Vec<Vec<Progress>>, threads: usize) -> Vec<Pro
     out.truncate(write);
     out.shrink_to_fit();
     out
+}
+
+/// `n` zero records without writing them: fresh zero pages from the
+/// allocator, touched first by the threads that fill them.
+fn zeroed_progress(n: usize) -> Vec<Progress> {
+    let layout = std::alloc::Layout::array::<Progress>(n).expect("size");
+    // SAFETY: `Progress` is plain integers, for which all-zero bytes are a
+    // valid value; the allocation has `Progress`'s size and alignment for
+    // `n` elements and is handed to a Vec of exactly that capacity.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut Progress;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, n, n)
+    }
+}
+
+/// Stable sort of one bucket by user: its users share the bits above
+/// `bits` of `user - min`, so counting-sort passes over the low `bits`
+/// (least significant first) order it.
+fn sort_bucket(s: &mut [Progress], scratch: &mut Vec<Progress>, min: u32, bits: u32) {
+    if s.len() <= 48 || bits == 0 {
+        s.sort_by_key(|p| p.user);
+        return;
+    }
+    scratch.clear();
+    scratch.resize(s.len(), Progress::default());
+    let mut in_scratch = false;
+    let mut lo = 0;
+    let mut count = [0usize; (1 << PASS_BITS) + 1];
+    while lo < bits {
+        let width = (bits - lo).min(PASS_BITS);
+        let mask = (1u32 << width) - 1;
+        let key = |p: &Progress| (((p.user - min) >> lo) & mask) as usize;
+        let (src, dst): (&[Progress], &mut [Progress]) = if in_scratch {
+            (&*scratch, &mut *s)
+        } else {
+            (&*s, &mut scratch[..])
+        };
+        let count = &mut count[..(1 << width) + 1];
+        count.fill(0);
+        for p in src {
+            count[key(p) + 1] += 1;
+        }
+        for i in 1..count.len() {
+            count[i] += count[i - 1];
+        }
+        for p in src {
+            let k = key(p);
+            dst[count[k]] = *p;
+            count[k] += 1;
+        }
+        in_scratch = !in_scratch;
+        lo += width;
+    }
+    if in_scratch {
+        s.copy_from_slice(scratch);
+    }
 }
 
 #[cfg(test)]
