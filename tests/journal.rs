@@ -713,3 +713,97 @@ fn a_full_disk_degrades_the_journal_and_it_recovers_when_space_returns() {
     assert!(fs.unmount(), "no file of the journal is left open");
     std::mem::forget(fs);
 }
+
+#[test]
+fn dropped_segments_are_recycled_and_read_back_after_a_crash() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let r = recover(&dir).unwrap();
+    let mut cfg = quick(&r, 1);
+    cfg.segment_bytes = 16 << 10;
+    cfg.keep_free = 2;
+    let all: Vec<Progress> = (0..4200u32)
+        .map(|i| p(i.wrapping_mul(7919) % 500, i))
+        .collect();
+    let records = all.clone();
+    on_executor(|| {
+        let dir = dir.clone();
+        async move {
+            let j = ShardJournal::open(&dir, 0, FsyncPolicy::EverySec, cfg)
+                .await
+                .unwrap();
+            let mut state = BTreeMap::new();
+            for r in &records[..3000] {
+                j.append(*r);
+                state.insert(r.user, *r);
+            }
+            j.durable(j.append(records[3000])).await.unwrap();
+            state.insert(records[3000].user, records[3000]);
+            assert!(segment_files(&dir).len() >= 3);
+            let mut ck = j.checkpoint();
+            ck.add(&state.values().copied().collect::<Vec<_>>())
+                .await
+                .unwrap();
+            ck.finish().await.unwrap();
+            let free: Vec<u64> = names(&dir)
+                .iter()
+                .filter(|n| n.starts_with("free-"))
+                .map(|n| std::fs::metadata(dir.join(n)).unwrap().ino())
+                .collect();
+            assert_eq!(free.len(), 2, "{:?}", names(&dir));
+            // 1200 records: a recycled segment filled and sealed, and a
+            // second one being written when the process dies.
+            for r in &records[3001..4199] {
+                j.append(*r);
+            }
+            j.durable(j.append(records[4199])).await.unwrap();
+            assert!(
+                names(&dir).iter().all(|n| !n.starts_with("free-")),
+                "both reused"
+            );
+            let reused = segment_files(&dir)
+                .iter()
+                .filter(|n| free.contains(&std::fs::metadata(dir.join(n)).unwrap().ino()))
+                .count();
+            assert_eq!(reused, 2);
+            // A crash: no close, no seal.
+            std::mem::forget(j);
+        }
+    });
+    drop(r);
+    let again = recover(&dir).unwrap();
+    assert_eq!(again.users, model(&all), "{}", again.report);
+    assert!(!again.report.dropped_anything(), "{}", again.report);
+    let endings: Vec<&str> = again
+        .report
+        .files
+        .iter()
+        .map(|f| f.ending.as_str())
+        .collect();
+    assert!(
+        endings.iter().any(|e| e.contains("recycled")),
+        "{endings:?}"
+    );
+}
+
+#[test]
+fn everysec_durable_does_not_wait_for_the_tick() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let r = recover(&dir).unwrap();
+    let mut cfg = JournalConfig::after(&r, 1);
+    cfg.write_every = Duration::from_secs(30);
+    cfg.sync_every = Duration::from_secs(30);
+    on_executor(|| async move {
+        let j = ShardJournal::open(&dir, 0, FsyncPolicy::EverySec, cfg)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        j.durable(j.append(p(1, 1))).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(records_on_disk(&dir), vec![p(1, 1)]);
+        assert_eq!(j.stats().syncs, 1);
+        j.close().await.unwrap();
+    });
+}

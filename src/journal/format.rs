@@ -398,7 +398,7 @@ impl Ending {
     pub fn is_clean(&self) -> bool {
         matches!(
             self,
-            Ending::Sealed | Ending::EndOfFile | Ending::ZeroedTail
+            Ending::Sealed | Ending::EndOfFile | Ending::ZeroedTail | Ending::StaleSector
         )
     }
 }
@@ -419,7 +419,12 @@ impl std::fmt::Display for Ending {
             Ending::BadChecksum { valid_after: true } => {
                 write!(f, "corrupt sector (checksum mismatch) followed by valid sectors, which were dropped")
             }
-            Ending::StaleSector => write!(f, "sector of an older use of this recycled file"),
+            Ending::StaleSector => {
+                write!(
+                    f,
+                    "end of this use of a recycled file (older sectors follow)"
+                )
+            }
             Ending::OutOfSequence => write!(f, "sector out of sequence"),
             Ending::Malformed => write!(f, "malformed sector"),
             Ending::ReadError(e) => write!(f, "read error: {e}"),

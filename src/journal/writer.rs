@@ -711,7 +711,10 @@ impl Writer {
             };
         }
         if self.seg.is_none() {
-            return Step::Flush { sync: false };
+            let sync = policy == FsyncPolicy::Always || st.want_flush;
+            return Step::Flush {
+                sync: sync && policy != FsyncPolicy::Never,
+            };
         }
         let sync = policy != FsyncPolicy::Never;
         if !(unwritten || undurable) {
