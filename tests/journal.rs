@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use shardfeed::journal::format::{decode_segment, FileName};
+use shardfeed::journal::format::{build_segment, decode_segment, FileHeader, FileKind, FileName};
 use shardfeed::journal::{
     recover, FsyncPolicy, JournalConfig, JournalError, Progress, Recovery, ShardJournal,
 };
@@ -523,6 +523,28 @@ fn junk_in_the_state_dir_is_ignored_and_named() {
     )
     .unwrap();
 
+    // A valid header on a huge sparse file (1 TiB): read to its first
+    // unwritten sector, nothing reserved for what it claims.
+    let sparse = dir.join("journal-00000001-0000-0000000005.log");
+    let h = FileHeader {
+        kind: FileKind::Segment,
+        unit: 512,
+        shard: 0,
+        shards: 1,
+        generation: 1,
+        seq: 5,
+        first_lsn: 1000,
+        salt: 9,
+        created_ms: 0,
+    };
+    std::fs::write(&sparse, build_segment(&h, &[], false)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&sparse)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+
     let r = recover(&dir).unwrap();
     assert_eq!(r.users, vec![p(5, 5)]);
     assert_eq!(
@@ -550,6 +572,16 @@ fn junk_in_the_state_dir_is_ignored_and_named() {
         .exists());
     let text = r.report.to_string();
     assert!(text.contains("ignored README"), "{text}");
+    let big = r
+        .report
+        .files
+        .iter()
+        .find(|f| f.name.ends_with("0000000005.log"))
+        .unwrap();
+    assert_eq!(
+        (big.bytes, big.records, big.dropped.is_none()),
+        (1 << 40, 0, true)
+    );
 }
 
 #[test]

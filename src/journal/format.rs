@@ -520,7 +520,8 @@ impl SegmentDecoder {
                             }
                             self.covered += skip;
                             self.records += v.count as u64;
-                            self.next_lsn += v.count as u64;
+                            // Wrapping: a crafted header may start anywhere.
+                            self.next_lsn = self.next_lsn.wrapping_add(v.count as u64);
                         }
                     }
                 }
@@ -1019,6 +1020,35 @@ mod tests {
             decode_segment(&open[..1000], 0).unwrap().2,
             Ending::TornSector
         );
+    }
+
+    #[test]
+    fn a_crafted_header_at_the_end_of_the_lsn_space_does_not_overflow() {
+        let mut h = header(512);
+        h.first_lsn = u64::MAX - 3;
+        let all = stream(40);
+        let bytes = build_segment_wrapping(&h, &all);
+        let (_, got, end) = decode_segment(&bytes, 0).unwrap();
+        assert_eq!(got.len(), 40);
+        assert_eq!(end, Ending::EndOfFile);
+    }
+
+    /// Like `build_segment`, for LSNs that wrap (which the writer never makes).
+    fn build_segment_wrapping(h: &FileHeader, records: &[Progress]) -> Vec<u8> {
+        let mut out = vec![0u8; 512];
+        h.encode(&mut out);
+        let mut lsn = h.first_lsn;
+        for chunk in records.chunks(PER_SECTOR) {
+            let at = out.len();
+            out.resize(at + SECTOR, 0);
+            let v: Vec<Progress> = chunk
+                .iter()
+                .map(|r| Progress { version: 1, ..*r })
+                .collect();
+            encode_records_sector(&mut out[at..], h.salt, lsn, 1, &v);
+            lsn = lsn.wrapping_add(chunk.len() as u64);
+        }
+        out
     }
 
     #[test]

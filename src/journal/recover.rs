@@ -27,6 +27,8 @@ use super::Progress;
 const CHUNK: usize = 1 << 20;
 /// How long start-up waits for another holder of the lock to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// Most records reserved up front for one file (96 MiB).
+const MAX_RESERVE: u64 = 4 << 20;
 /// Most threads recovery uses (it is I/O and memory bound).
 const MAX_THREADS: usize = 8;
 
@@ -487,9 +489,10 @@ fn read_file(path: &Path, job: &Job, buf: &mut [u8]) -> FileResult {
         return fail(why);
     }
     let unit = header.unit as u64;
-    // Room for all the file can hold: no copy while growing. For a mostly
-    // unwritten preallocated segment, pages never touched cost nothing.
-    let guess = len.saturating_sub(unit) / SECTOR as u64 * PER_SECTOR as u64;
+    // Room for all the file can hold (no copy while growing; for a mostly
+    // unwritten preallocated segment, pages never touched cost nothing),
+    // but not what a huge sparse file claims.
+    let guess = (len.saturating_sub(unit) / SECTOR as u64 * PER_SECTOR as u64).min(MAX_RESERVE);
     let mut out = Vec::with_capacity(guess as usize);
     let mut at = unit;
     let mut report = FileReport {
