@@ -182,6 +182,30 @@ fn bench_writer() {
                 s.syncs
             );
 
+            // A checkpoint of 2.5M users (one shard of 5M), fed in chunks of
+            // 4096 with a yield between them, as the shard would.
+            let users: Vec<Progress> = (0..2_500_000u32).map(|u| progress(u, u % 200)).collect();
+            let mut c = cfg.clone();
+            c.generation += 100;
+            let j = ShardJournal::open(&dir, 0, FsyncPolicy::EverySec, c).await.unwrap();
+            let t = Instant::now();
+            let mut longest = Duration::ZERO;
+            let mut ck = j.checkpoint();
+            for chunk in users.chunks(4096) {
+                let c = Instant::now();
+                ck.add(chunk).await.unwrap();
+                longest = longest.max(c.elapsed());
+                glommio::yield_if_needed().await;
+            }
+            ck.finish().await.unwrap();
+            println!(
+                "checkpoint: 2500000 users in {:.0} ms, {:.1} MB, longest add() of 4096 users {:.0} us",
+                t.elapsed().as_secs_f64() * 1e3,
+                j.stats().last_checkpoint_bytes as f64 / 1e6,
+                longest.as_secs_f64() * 1e6
+            );
+            j.close().await.unwrap();
+
             // Always: waiters per loop share one write + one fdatasync.
             for waiters in [1usize, 64] {
                 let mut c = cfg.clone();
