@@ -871,7 +871,9 @@ impl Writer {
     async fn rotate(&mut self) -> Result<(), Rc<str>> {
         if let Some(mut old) = self.seg.take() {
             if !self.broken {
-                let r = self.seal(&mut old).await;
+                let r = self
+                    .seal(&mut old, self.inner.policy != FsyncPolicy::Never)
+                    .await;
                 if let Err(e) = r {
                     let _ = old.file.close().await;
                     return Err(e);
@@ -895,8 +897,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the seal sector and syncs the segment.
-    async fn seal(&self, seg: &mut OpenSegment) -> Result<(), Rc<str>> {
+    /// Writes the seal sector and, if `sync`, syncs the segment.
+    async fn seal(&self, seg: &mut OpenSegment, sync: bool) -> Result<(), Rc<str>> {
         let next = self.inner.st.borrow().written_lsn;
         let mut buf = seg.file.alloc_dma_buffer(seg.unit as usize);
         let b = buf.as_bytes_mut();
@@ -914,11 +916,13 @@ impl Writer {
         }
         seg.pos += seg.unit;
         self.inner.st.borrow_mut().counters.bytes += seg.unit;
-        seg.file
-            .fdatasync()
-            .await
-            .map_err(|e| reason("fdatasync", &seg.path, e))?;
-        seg.dirty = false;
+        if sync {
+            seg.file
+                .fdatasync()
+                .await
+                .map_err(|e| reason("fdatasync", &seg.path, e))?;
+            seg.dirty = false;
+        }
         Ok(())
     }
 
@@ -1076,7 +1080,7 @@ impl Writer {
             self.flush(true).await?;
             if let Some(mut seg) = self.seg.take() {
                 if !self.broken {
-                    let r = self.seal(&mut seg).await;
+                    let r = self.seal(&mut seg, true).await;
                     let _ = seg.file.close().await;
                     r?;
                     let mut st = self.inner.st.borrow_mut();
