@@ -124,9 +124,9 @@ pub enum FsyncPolicy {
     /// records waiting when the writer runs share one write and one sync.
     /// The shard answers after [`ShardJournal::durable`].
     Always,
-    /// Written within `write_every` (100 ms), synced within `sync_every`
-    /// (500 ms) of being appended: a crash loses at most ~0.6 s plus the
-    /// sync's own time.
+    /// Written within `write_every` (100 ms) and synced within `sync_every`
+    /// (500 ms) of being appended: a crash loses at most the last ~0.5 s
+    /// (plus that write's and sync's own time) while the disk works.
     #[default]
     EverySec,
     /// Written within `write_every`, never synced (except at close and for
