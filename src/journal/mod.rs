@@ -6,7 +6,7 @@
 //! [`recover`] before the executors start.
 //!
 //! # Layout
-//! - [`format`]: names, headers, sectors, decoders (pure bytes).
+//! - [`format`](mod@format): names, headers, sectors, decoders (pure bytes).
 //! - `recover`: start-up: read every file, keep the latest progress per user.
 //! - `writer`: [`ShardJournal`], its background writer task, [`Checkpoint`].
 //!
