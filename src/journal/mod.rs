@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`format`](mod@format): names, headers, sectors, decoders (pure bytes).
 //! - `recover`: start-up: read every file, keep the latest progress per user.
-//! - `writer`: [`ShardJournal`], its background writer task, [`Checkpoint`].
+//! - `writer`: [`ShardJournal`] and its background writer task.
+//! - `checkpoint`: [`Checkpoint`] and the clean-up after one.
 //!
 //! # On-disk format (one page)
 //!
@@ -86,12 +87,14 @@
 //! checkpoint (each holds all its users' progress, the recovered progress
 //! included), every file of earlier generations.
 
+mod checkpoint;
 pub mod format;
 mod recover;
 mod writer;
 
+pub use checkpoint::Checkpoint;
 pub use recover::{recover, DirLock, FileReport, Recovery, RecoveryReport};
-pub use writer::{Checkpoint, JournalConfig, JournalStats, ShardJournal};
+pub use writer::{JournalConfig, JournalStats, ShardJournal};
 
 use std::rc::Rc;
 use std::str::FromStr;
