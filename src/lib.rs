@@ -24,6 +24,9 @@
 //! Around the path:
 //! - [`server`]: start-up (bind, load, one executor per shard), supervision,
 //!   shutdown; [`server::start`] is the seam that tests run servers through.
+//! - [`journal`]: progress that survives restarts: one journal per shard
+//!   and checkpoints under `--state-dir` (files and bytes; no HTTP, no
+//!   store), and the start-up recovery that reads them.
 //! - [`load`]: feed and fallback files into stores, in parallel per shard;
 //!   [`synthetic`]: the embedded default data set.
 //! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics`
@@ -58,6 +61,7 @@ pub mod hash;
 pub mod histlog;
 pub mod host;
 pub mod http;
+pub mod journal;
 pub mod load;
 pub mod metrics;
 pub mod server;
