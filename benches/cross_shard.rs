@@ -71,8 +71,10 @@ fn main() {
                     max_in_flight: MAX_IN_FLIGHT,
                     metrics: ShardMetrics::new(false),
                     links,
+                    journal: None,
                 })
-                .await;
+                .await
+                .expect("a shard");
                 let ask = |user| PageAsk {
                     user,
                     size: 10,

@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::conn::ConnLimits;
 use crate::host;
 use crate::http::{self, Limits};
+use crate::journal::FsyncPolicy;
 use crate::load::{Feeds, Source};
-use crate::server::ServeConfig;
+use crate::server::{ServeConfig, StateConfig};
 use crate::shard;
 use crate::synthetic::{self, Synthetic};
 use crate::{histlog, metrics};
@@ -161,6 +162,19 @@ pub struct ServeArgs {
     /// way out; the flag needs Linux 5.19 and is skipped where refused.
     #[arg(long)]
     pub no_coop_taskrun: bool,
+    /// Keep every user's progress in a journal and checkpoints under DIR
+    /// (created if missing), so that a restart or a crash continues every
+    /// user where they were [default: in memory only].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// With --state-dir: when progress is made durable. `always`: an answer
+    /// that moved a user on leaves only after an fdatasync (shared by all
+    /// answers waiting together); `everysec`: written within 0.1 s and synced
+    /// within 0.5 s, answers do not wait; `never`: an answer leaves once its
+    /// progress is written, never synced (survives the process being killed,
+    /// not the machine losing power).
+    #[arg(long, value_name = "POLICY", default_value = "everysec", value_parser = parse_fsync)]
+    pub fsync: FsyncPolicy,
     /// On SIGINT/SIGTERM, how long to wait for open requests to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -196,6 +210,10 @@ pub struct ServeArgs {
     /// Largest body accepted (and discarded) on a GET; beyond, 413.
     #[arg(long, default_value_t = http::MAX_BODY)]
     pub max_body_bytes: usize,
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    s.parse()
 }
 
 /// `250ms`, `1s`, `2.5s`, `1m`; a bare number is seconds.
@@ -287,6 +305,10 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             pin: !self.no_pin,
             coop_taskrun: !self.no_coop_taskrun,
+            state: self.state_dir.clone().map(|dir| StateConfig {
+                dir,
+                fsync: self.fsync,
+            }),
         })
     }
 }

@@ -86,9 +86,14 @@ impl fmt::Display for LoadError {
 /// the store is allocated exactly once at its final size (no doubling, no
 /// transient second copy), and once to fill it. Every line is validated, so
 /// every shard sees every error; the caller reports the earliest.
-pub fn load_feed_file(path: &Path, owns: impl Fn(u32) -> bool) -> Result<StoreBuilder, LoadError> {
+/// Also returns the file's version: a checksum of its bytes (CRC32C and
+/// length), the same for the same content whatever its name or date.
+pub fn load_feed_file(
+    path: &Path,
+    owns: impl Fn(u32) -> bool,
+) -> Result<(StoreBuilder, u64), LoadError> {
     let (mut users, mut items) = (0usize, 0usize);
-    for_each_line(path, |no, line| {
+    let version = for_each_line(path, |no, line| {
         let (user, list) = split_feed_line(line).map_err(|m| LoadError::at(path, no, m))?;
         if owns(user) {
             users += 1;
@@ -114,7 +119,7 @@ pub fn load_feed_file(path: &Path, owns: impl Fn(u32) -> bool) -> Result<StoreBu
                 LoadError::at(path, no, format!("user {u} appears a second time"))
             })
     })?;
-    Ok(store)
+    Ok((store, version))
 }
 
 /// Reads a fallback pool file: one item id per line, `#` comments and blank
@@ -137,15 +142,17 @@ pub fn load_fallback_file(path: &Path) -> Result<Vec<u32>, LoadError> {
 }
 
 /// Calls `f(line_number, line)` for every line that is neither blank nor a
-/// `#` comment, without its line ending.
+/// `#` comment, without its line ending. Returns the file's checksum: CRC32C
+/// of all its bytes in the high half, its length in the low half.
 fn for_each_line(
     path: &Path,
     mut f: impl FnMut(usize, &[u8]) -> Result<(), LoadError>,
-) -> Result<(), LoadError> {
+) -> Result<u64, LoadError> {
     let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
     let mut no = 0;
+    let (mut crc, mut len) = (0u32, 0u64);
     loop {
         line.clear();
         if reader
@@ -153,8 +160,10 @@ fn for_each_line(
             .map_err(|e| LoadError::io(path, &e))?
             == 0
         {
-            return Ok(());
+            return Ok(((crc as u64) << 32) | (len & 0xffff_ffff));
         }
+        crc = crc32c::crc32c_append(crc, &line);
+        len += line.len() as u64;
         no += 1;
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
@@ -239,7 +248,7 @@ pub fn load_stores(
 ) -> Result<Vec<Store>, String> {
     let shards = cpus.len();
     let count_for_pool = feeds.fallback.is_none();
-    let loaded: Vec<Result<(StoreBuilder, _), LoadError>> = std::thread::scope(|scope| {
+    let loaded: Vec<Result<(StoreBuilder, u64, _), LoadError>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..shards)
             .map(|i| {
                 let cpu = cpus[i];
@@ -250,13 +259,13 @@ pub fn load_stores(
                         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     }
                     let owns = |user| shard_of(user) == ShardId(i);
-                    let builder = match source {
-                        Source::Synthetic(spec) => synthetic::synthetic_store(spec, owns),
+                    let (builder, version) = match source {
+                        Source::Synthetic(spec) => (synthetic::synthetic_store(spec, owns), spec.version()),
                         Source::File(path) => load_feed_file(path, owns)?,
                     };
                     let counts = count_for_pool
                         .then(|| count_items(builder.items(), POOL_SAMPLE_ITEMS / shards));
-                    Ok((builder, counts))
+                    Ok((builder, version, counts))
                 })
             })
             .collect();
@@ -271,11 +280,11 @@ pub fn load_stores(
     let mut first_error: Option<LoadError> = None;
     for result in loaded {
         match result {
-            Ok((builder, counts)) => {
+            Ok((builder, version, counts)) => {
                 for (item, n) in counts.into_iter().flatten() {
                     *merged.entry(item).or_insert(0) += n;
                 }
-                builders.push(builder);
+                builders.push((builder, version));
             }
             Err(e) => {
                 if first_error.as_ref().is_none_or(|f| e.line < f.line) {
@@ -292,10 +301,12 @@ pub fn load_stores(
         Some(path) => Pool::new(load_fallback_file(path).map_err(|e| e.to_string())?),
         None => Pool::new(top_items(&merged, feeds.fallback_size)),
     };
-    Ok(builders
-        .into_iter()
-        .map(|b| b.build(pool.clone()))
-        .collect())
+    let stores = builders.into_iter().map(|(builder, version)| {
+        let mut store = builder.build(pool.clone());
+        store.set_version(version);
+        store
+    });
+    Ok(stores.collect())
 }
 
 #[cfg(test)]
@@ -323,8 +334,12 @@ mod tests {
         let mut text = Vec::new();
         write_synthetic(&SPEC, &mut text).unwrap();
         let path = temp_file("gen.tsv", std::str::from_utf8(&text).unwrap());
-        let loaded = load_feed_file(&path, |u| u % 3 == 1).unwrap();
+        let (loaded, version) = load_feed_file(&path, |u| u % 3 == 1).unwrap();
         let loaded = loaded.build(Default::default());
+        let (_, again) = load_feed_file(&path, |_| true).unwrap();
+        assert_eq!(version, again, "a file's version depends only on its bytes");
+        let changed = temp_file("gen2.tsv", &format!("{}1\t1\n", std::str::from_utf8(&text).unwrap()));
+        assert_ne!(load_feed_file(&changed, |_| true).unwrap().1, version);
         let direct = synthetic_store(&SPEC, |u| u % 3 == 1).build(Default::default());
         assert_eq!(loaded.users(), 100);
         for u in SPEC.user_ids() {
@@ -340,6 +355,7 @@ mod tests {
         );
         let s = load_feed_file(&path, |_| true)
             .unwrap()
+            .0
             .build(Default::default());
         assert_eq!(s.remaining(1).unwrap(), &[5, 6, 7]);
         assert_eq!(s.remaining(2).unwrap(), &[] as &[u32]);

@@ -14,6 +14,9 @@ use crate::counters::{counters, Field, Kind};
 use crate::feed::StoreCounters;
 use crate::shard::ShardId;
 
+mod journal;
+pub use journal::JournalSnapshot;
+
 /// Histogram range in microseconds: 1 us to 60 s, 3 significant digits.
 pub const HIST_LOW_US: u64 = 1;
 pub const HIST_HIGH_US: u64 = 60_000_000;
@@ -151,6 +154,7 @@ impl ShardMetrics {
             forwarded_sum_us: self.forwarded_sum_us,
             counters: self.counters,
             store,
+            journal: None,
         }
     }
 }
@@ -167,6 +171,9 @@ pub struct Snapshot {
     pub forwarded_sum_us: u64,
     pub counters: Counters,
     pub store: StoreCounters,
+    /// This shard's journal (`--state-dir`); `None` without one, and in a
+    /// merge.
+    pub journal: Option<Box<JournalSnapshot>>,
 }
 
 impl Snapshot {
@@ -187,6 +194,7 @@ impl Snapshot {
             forwarded_sum_us: 0,
             counters: Counters::default(),
             store: StoreCounters::default(),
+            journal: None,
         };
         for s in snapshots {
             merged.local.add(&s.local).expect("same bounds");
@@ -241,6 +249,7 @@ fn snapshot_json(out: &mut String, s: &Snapshot) {
     let _ = write!(out, ",\"requests\":{}", s.counters.requests());
     counters_json(out, Counters::FIELDS, &s.counters);
     counters_json(out, StoreCounters::FIELDS, &s.store);
+    journal::json(out, s);
     out.push('}');
 }
 
@@ -274,6 +283,7 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
     let mut out = String::with_capacity(4096 * snapshots.len());
     prometheus_counters(&mut out, snapshots, Counters::FIELDS, |s| &s.counters);
     prometheus_counters(&mut out, snapshots, StoreCounters::FIELDS, |s| &s.store);
+    journal::prometheus(&mut out, snapshots);
 
     let name = "request_duration_seconds";
     let help = "Request service time: parsed to answer handed to the socket.";

@@ -17,6 +17,7 @@
 //! once.
 
 mod listen;
+mod state;
 mod status;
 
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ use crate::shard::{self, Shard, ShardId, ShardParts};
 use crate::uring;
 use crate::watchdog::Registry;
 pub use listen::{bind, Listeners};
+pub use state::StateConfig;
 
 /// Memory each executor registers with its io_uring rings (x3 rings). A
 /// network server does no file DMA, so a small amount keeps the locked-memory
@@ -70,6 +72,8 @@ pub struct ServeConfig {
     pub pin: bool,
     /// Create the shards' io_uring rings with IORING_SETUP_COOP_TASKRUN.
     pub coop_taskrun: bool,
+    /// Keep progress on disk (`--state-dir`, `--fsync`).
+    pub state: Option<StateConfig>,
 }
 
 /// What shards, stop handles and the signal thread tell the supervisor.
@@ -78,7 +82,9 @@ enum Event {
     Stopped(usize, String),
     Stop(String),
     Status(Box<Snapshot>),
-    Drained(Box<Snapshot>),
+    /// A shard's final metrics, and why its journal could not be synced
+    /// at the stop, if it could not.
+    Drained(Box<Snapshot>, Option<String>),
 }
 
 /// Asks a running server to stop, from any thread.
@@ -102,6 +108,8 @@ pub struct Running {
     histogram_log: Option<HistogramLog>,
     log_interval: bool,
     shutdown_timeout: Duration,
+    /// The state directory's lock: no second process writes it meanwhile.
+    _state_lock: Option<crate::journal::DirLock>,
 }
 
 /// Runs the server until a signal stops it (`Ok`) or it cannot start or a
@@ -137,9 +145,11 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
 pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, String> {
     let shards = config.cpus.len();
     assert_eq!(listeners.sockets.len(), shards, "one listener per shard");
-    let stores = load::load_stores(&config.feeds, &config.cpus, config.pin, |user| {
+    let recovery = state::recover(config.state.as_ref())?;
+    let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, |user| {
         shard::owner_of(user, shards)
     })?;
+    let state = state::restore(config.state.as_ref(), recovery, &mut stores);
     let histogram_log = match &config.histogram_log {
         Some(path) => Some(HistogramLog::create(path, SystemTime::now())?),
         None => None,
@@ -150,8 +160,8 @@ pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, Stri
     let (events_tx, events) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let links = shard::make_links(shards);
-    let parts = stores.into_iter().zip(listeners.sockets).zip(links);
-    for (i, ((store, listener), links)) in parts.enumerate() {
+    let parts = stores.into_iter().zip(state.plans).zip(listeners.sockets).zip(links);
+    for (i, (((store, journal), listener), links)) in parts.enumerate() {
         let log = histogram_log.as_ref().map(|l| l.sender());
         let metrics = ShardMetrics::new(log.is_some());
         let parts = ShardParts {
@@ -162,6 +172,7 @@ pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, Stri
             max_in_flight: config.max_in_flight,
             metrics,
             links,
+            journal,
         };
         let life = ShardLife {
             config: config.clone(),
@@ -180,6 +191,7 @@ pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, Stri
         histogram_log,
         log_interval: config.log_interval.is_some(),
         shutdown_timeout: config.shutdown_timeout,
+        _state_lock: state.lock,
     };
     running.wait_ready()?;
     Ok(running)
@@ -207,7 +219,11 @@ fn start_shard(
         .name(&format!("shard-{i}"))
         .io_memory(IO_MEMORY)
         .spawn(move || async move {
-            let shard = shard::start(parts).await;
+            let shard = match shard::start(parts).await {
+                Ok(shard) => shard,
+                // The supervisor hears of it when this executor ends.
+                Err(e) => return eprintln!("shardfeed: shard {i}: {e}"),
+            };
             // SAFETY: the descriptor comes from a listening socket we own.
             let listener =
                 unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -266,10 +282,14 @@ impl Running {
         // answers and snapshots to arrive.
         let deadline = stopped_at + self.shutdown_timeout + Duration::from_secs(2);
         let mut drained: Vec<Snapshot> = Vec::with_capacity(self.shards);
+        let mut unsynced = Vec::new();
         while drained.len() < self.shards {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(Event::Drained(snapshot)) => drained.push(*snapshot),
+                Ok(Event::Drained(snapshot, failed)) => {
+                    drained.push(*snapshot);
+                    unsynced.extend(failed);
+                }
                 Ok(Event::Stop(_)) if stopped_at.elapsed() < STOP_ECHO => {}
                 Ok(Event::Stop(why)) => return Err(format!("{why} again: stopping at once")),
                 Ok(Event::Stopped(i, why)) => return Err(format!("shard {i} stopped: {why}")),
@@ -285,6 +305,9 @@ impl Running {
         }
         if let Some(log) = self.histogram_log {
             log.finish()?;
+        }
+        if !unsynced.is_empty() {
+            return Err(unsynced.join("; "));
         }
         drained.sort_by_key(|s| s.shard);
         Ok(drained)
@@ -332,7 +355,13 @@ impl ShardLife {
         let _ = glommio::timer::timeout(self.config.shutdown_timeout, drain).await;
 
         log.finish(&shard);
-        let _ = self.events.send(Event::Drained(Box::new(shard.snapshot())));
+        let mut unsynced = None;
+        if let Some(journal) = shard.journal() {
+            if let Err(e) = journal.close().await {
+                unsynced = Some(format!("shard {}: progress not synced at the stop: {e}", shard.id.0));
+            }
+        }
+        let _ = self.events.send(Event::Drained(Box::new(shard.snapshot()), unsynced));
         // Keep answering the other shards until the process exits.
         std::future::pending::<()>().await
     }

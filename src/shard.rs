@@ -24,15 +24,19 @@ mod mesh;
 mod tickets;
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::{GlommioError, ResourceType};
 
 use crate::feed::{Page, Store, Unserved};
 use crate::hash::mix64;
-use crate::metrics::{Class, Route, ShardMetrics, Snapshot};
+use crate::journal::{self, FsyncPolicy, Lsn, ShardJournal};
+use crate::metrics::{Class, Route, JournalSnapshot, ShardMetrics, Snapshot};
 use crate::session::{Backend, PageAsk, Pending};
 use crate::watchdog::Registry;
 pub use mesh::{make_links, Links};
@@ -48,6 +52,13 @@ pub const REPLY_QUEUE: usize = 4096;
 pub const MAX_IN_FLIGHT: usize = 4096;
 /// Page buffers kept for reuse per shard.
 const PAGE_FREE_LIST: usize = 4096;
+/// When answers wait for the journal, forwarded requests an owner serves
+/// before it waits once for their records and replies to all of them.
+const DURABLE_BATCH: usize = 256;
+/// Users whose progress a checkpoint copies between two yields.
+const CHECKPOINT_CHUNK: usize = 4096;
+/// How often a shard asks its journal whether a checkpoint is due.
+const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
 
 /// Seed of the ownership hash. Never change it: it decides where every user
 /// lives for a given shard count.
@@ -111,6 +122,10 @@ pub struct Shard {
     page_capacity: usize,
     pub metrics: RefCell<ShardMetrics>,
     control: control::Control,
+    /// This shard's users' progress on disk (`--state-dir`), if kept.
+    journal: Option<ShardJournal>,
+    /// How long this shard's start-up replay took (for metrics).
+    replay: Duration,
     /// This shard's open connections and their deadlines. The open count
     /// is read from here (no separate gauge to keep in step).
     pub connections: Rc<Registry>,
@@ -120,11 +135,21 @@ impl Shard {
     /// A page for `ask`: from the local store if this shard owns the user,
     /// else forwarded to the owner. Give the page's buffer back with
     /// [`Shard::recycle`] once it is written.
-    pub fn page(self: &Rc<Self>, ask: PageAsk, now: Instant) -> Pending<Ticket> {
+    pub fn page(self: &Rc<Self>, ask: PageAsk, now: Instant) -> Pending<Waiting> {
         let owner = owner_of(ask.user, self.shards);
         let items = self.take_buffer();
         if owner == self.id {
-            return Pending::Ready(self.serve_here(ask, items));
+            let (page, lsn) = self.serve_here(ask, items);
+            return match (lsn, &self.journal) {
+                (Some(lsn), Some(j)) if answers_wait(j.policy()) => {
+                    Pending::Forwarded(Waiting::Durable {
+                        shard: self.clone(),
+                        page: Some(page),
+                        durable: j.durable(lsn),
+                    })
+                }
+                _ => Pending::Ready(page),
+            };
         }
         let Some(token) = self.tickets.borrow_mut().open() else {
             return Pending::Ready(self.overloaded(items));
@@ -139,7 +164,7 @@ impl Shard {
         match sender.try_send(request) {
             Ok(()) => {
                 self.metrics.borrow_mut().counters.forwarded_out += 1;
-                Pending::Forwarded(Ticket::new(self.clone(), token))
+                Pending::Forwarded(Waiting::Reply(Ticket::new(self.clone(), token)))
             }
             // Full (or, while the process stops, closed): answer 503.
             Err(GlommioError::WouldBlock(ResourceType::Channel(request)))
@@ -151,12 +176,25 @@ impl Shard {
         }
     }
 
-    /// The one call into the store, for local and forwarded requests alike.
-    fn serve_here(&self, ask: PageAsk, mut items: Vec<u32>) -> Page {
+    /// The one call into the store, for local and forwarded requests alike:
+    /// serves the page and, if it moved the user on, queues the new
+    /// progress in the journal (memory only), whose LSN it returns.
+    fn serve_here(&self, ask: PageAsk, mut items: Vec<u32>) -> (Page, Option<Lsn>) {
         debug_assert_eq!(owner_of(ask.user, self.shards), self.id, "only the owner");
         let size = ask.size as usize;
-        let outcome = (self.store.borrow_mut()).page(ask.user, size, &mut items, !ask.peek);
-        Page { items, outcome }
+        let mut store = self.store.borrow_mut();
+        let outcome = store.page(ask.user, size, &mut items, !ask.peek);
+        let advanced = store.take_advanced();
+        let lsn = match (advanced, &self.journal) {
+            (Some(p), Some(journal)) => Some(journal.append(journal::Progress {
+                user: p.user,
+                served: p.served,
+                version: store.version(),
+                prefix: p.prefix,
+            })),
+            _ => None,
+        };
+        (Page { items, outcome }, lsn)
     }
 
     #[cold]
@@ -189,7 +227,18 @@ impl Shard {
         let store = self.store.borrow().counters();
         let mut snapshot = self.metrics.borrow().snapshot(self.id, store);
         snapshot.counters.open_connections = self.connections.open() as u64;
+        snapshot.journal = self.journal.as_ref().map(|j| {
+            Box::new(JournalSnapshot {
+                stats: j.stats(),
+                replay: self.replay,
+            })
+        });
         snapshot
+    }
+
+    /// This shard's journal, if progress is kept on disk.
+    pub fn journal(&self) -> Option<&ShardJournal> {
+        self.journal.as_ref()
     }
 
     /// Every shard's snapshot, in shard order (see `shard/control.rs`).
@@ -217,10 +266,10 @@ impl Shard {
 
 /// What a connection asks of a shard.
 impl Backend for Rc<Shard> {
-    type Forwarded = Ticket;
+    type Forwarded = Waiting;
 
     #[inline]
-    fn page(&self, ask: PageAsk, now: Instant) -> Pending<Ticket> {
+    fn page(&self, ask: PageAsk, now: Instant) -> Pending<Waiting> {
         Shard::page(self, ask, now)
     }
 
@@ -254,12 +303,31 @@ pub struct ShardParts {
     pub max_in_flight: usize,
     pub metrics: ShardMetrics,
     pub links: Links,
+    /// Where to keep this shard's journal (`--state-dir`), if anywhere.
+    pub journal: Option<JournalPlan>,
 }
 
-/// Connects this shard's channel ends, starts the tasks that serve peers and
-/// complete forwarded requests, and returns the shard.
-pub async fn start(parts: ShardParts) -> Rc<Shard> {
+/// How a shard opens its journal, on its own executor.
+#[derive(Debug, Clone)]
+pub struct JournalPlan {
+    pub dir: std::path::PathBuf,
+    pub policy: FsyncPolicy,
+    pub config: journal::JournalConfig,
+    /// How long reading the state and restoring this shard's users took.
+    pub replay: Duration,
+}
+
+/// Opens this shard's journal, connects its channel ends, starts the tasks
+/// that serve peers and complete forwarded requests, and returns the shard.
+pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
     use glommio::spawn_local;
+    let (journal, replay) = match parts.journal {
+        Some(plan) => {
+            let opened = ShardJournal::open(&plan.dir, parts.id.0, plan.policy, plan.config).await;
+            (Some(opened?), plan.replay)
+        }
+        None => (None, Duration::ZERO),
+    };
     let pages = mesh::connect(parts.links.pages).await;
     let control = mesh::connect(parts.links.control).await;
     let shard = Rc::new(Shard {
@@ -272,6 +340,8 @@ pub async fn start(parts: ShardParts) -> Rc<Shard> {
         page_capacity: parts.max_size as usize,
         metrics: RefCell::new(parts.metrics),
         control: control::Control::new(control.requests_to, control.replies_from),
+        journal,
+        replay,
         connections: Rc::new(Registry::default()),
     });
     for (requests, replies) in pages.requests_from.into_iter().zip(pages.replies_to) {
@@ -283,26 +353,148 @@ pub async fn start(parts: ShardParts) -> Rc<Shard> {
         spawn_local(complete_forwarded(shard.clone(), replies)).detach();
     }
     control::serve_peers(&shard, control.requests_from, control.replies_to);
-    shard
+    if shard.journal.is_some() {
+        spawn_local(checkpoints(shard.clone())).detach();
+    }
+    Ok(shard)
 }
 
-/// Owner side: answers one peer's requests, in order.
+/// A page that waits before it can be answered: for the owner's reply, or
+/// for the progress it made to reach the journal ([`answers_wait`]; every
+/// page waiting in one executor loop shares one write and one fdatasync).
+pub enum Waiting {
+    Reply(Ticket),
+    Durable {
+        shard: Rc<Shard>,
+        /// Taken when the wait is over.
+        page: Option<Page>,
+        durable: journal::Durable,
+    },
+}
+
+impl Future for Waiting {
+    type Output = Page;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Page> {
+        match self.get_mut() {
+            Waiting::Reply(ticket) => Pin::new(ticket).poll(cx),
+            Waiting::Durable { page, durable, .. } => match Pin::new(durable).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                // A failed write or sync still answers: the page is served
+                // and the journal reports itself degraded (and retries).
+                Poll::Ready(_) => Poll::Ready(page.take().expect("a page, once")),
+            },
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Waiting::Durable {
+            shard,
+            page: Some(page),
+            ..
+        } = self
+        {
+            shard.recycle(std::mem::take(&mut page.items));
+        }
+    }
+}
+
+/// Whether an answer that moved a user on waits for its journal record:
+/// under `always` until it is synced, under `never` until it is written
+/// (so that acknowledged progress survives the process being killed);
+/// under `everysec` not at all (the journal writes within 100 ms and syncs
+/// within 500 ms on its own).
+fn answers_wait(policy: FsyncPolicy) -> bool {
+    policy != FsyncPolicy::EverySec
+}
+
+/// Owner side: answers one peer's requests, in order. When answers wait for
+/// the journal ([`answers_wait`]) it serves what has arrived (up to [`DURABLE_BATCH`]), waits once
+/// for that progress to be durable, then replies to all of it.
 async fn serve_peer(
     shard: Rc<Shard>,
     requests: ConnectedReceiver<PageRequest>,
     replies: ConnectedSender<PageReply>,
 ) {
-    while let Some(req) = requests.recv().await {
-        let page = shard.serve_here(req.ask, req.items);
-        shard.metrics.borrow_mut().counters.forwarded_in += 1;
-        let reply = PageReply {
-            token: req.token,
-            page,
-            sent_at: req.sent_at,
-        };
-        // May wait for room; the receiving task never sends, so it frees room.
-        if replies.send(reply).await.is_err() {
+    let waits = shard.journal.as_ref().is_some_and(|j| answers_wait(j.policy()));
+    let mut batch: Vec<PageReply> = Vec::with_capacity(if waits { DURABLE_BATCH } else { 1 });
+    while let Some(mut req) = requests.recv().await {
+        let mut last = None;
+        loop {
+            let (page, lsn) = shard.serve_here(req.ask, req.items);
+            last = lsn.or(last);
+            shard.metrics.borrow_mut().counters.forwarded_in += 1;
+            batch.push(PageReply {
+                token: req.token,
+                page,
+                sent_at: req.sent_at,
+            });
+            if !waits || batch.len() == DURABLE_BATCH {
+                break;
+            }
+            match futures_lite::future::poll_once(requests.recv()).await {
+                Some(Some(next)) => req = next,
+                _ => break,
+            }
+        }
+        if let (Some(lsn), Some(journal)) = (last.filter(|_| waits), &shard.journal) {
+            // An error still answers; the journal reports it.
+            let _ = journal.durable(lsn).await;
+        }
+        for reply in batch.drain(..) {
+            // May wait for room; the receiving task never sends, so it frees room.
+            if replies.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Writes a checkpoint whenever the journal says one is due: every user's
+/// progress, copied from the store in chunks between which the shard serves.
+async fn checkpoints(shard: Rc<Shard>) {
+    let Some(journal) = shard.journal.as_ref() else {
+        return;
+    };
+    let mut chunk: Vec<journal::Progress> = Vec::with_capacity(CHECKPOINT_CHUNK);
+    let mut progress = Vec::with_capacity(CHECKPOINT_CHUNK);
+    loop {
+        glommio::timer::sleep(CHECKPOINT_POLL).await;
+        if shard.stopping() {
             return;
+        }
+        if !journal.checkpoint_due() {
+            continue;
+        }
+        let mut checkpoint = journal.checkpoint();
+        let mut from = Some(0);
+        let mut result = Ok(());
+        while let (Some(at), Ok(())) = (from, &result) {
+            progress.clear();
+            let version = {
+                let store = shard.store.borrow();
+                from = store.progress_from(at, CHECKPOINT_CHUNK, &mut progress);
+                store.version()
+            };
+            chunk.clear();
+            chunk.extend(progress.iter().map(|p| journal::Progress {
+                user: p.user,
+                served: p.served,
+                version,
+                prefix: p.prefix,
+            }));
+            result = checkpoint.add(&chunk).await;
+            glommio::yield_if_needed().await;
+        }
+        let finished = match result {
+            Ok(()) => checkpoint.finish().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = finished {
+            // At most once per CHECKPOINT_POLL, while the disk fails.
+            eprintln!("shardfeed: shard {}: checkpoint failed: {e}", shard.id.0);
         }
     }
 }

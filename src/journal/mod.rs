@@ -94,7 +94,7 @@ mod writer;
 
 pub use checkpoint::Checkpoint;
 pub use recover::{recover, DirLock, FileReport, Recovery, RecoveryReport};
-pub use writer::{JournalConfig, JournalStats, ShardJournal};
+pub use writer::{Durable, JournalConfig, JournalStats, ShardJournal};
 
 use std::rc::Rc;
 use std::str::FromStr;

@@ -416,43 +416,12 @@ impl ShardJournal {
     /// fdatasync. Fails at once while writes are failing (the record stays
     /// queued and is written when they work again), and when the record
     /// was dropped or the journal closed.
-    pub async fn durable(&self, lsn: Lsn) -> Result<(), JournalError> {
-        let inner = &*self.inner;
-        let mut epoch = None;
-        poll_fn(|cx| {
-            let mut st = inner.st.borrow_mut();
-            if st.lost.is_some_and(|(a, b)| (a..b).contains(&lsn.0)) {
-                return Poll::Ready(Err(JournalError::Dropped));
-            }
-            if lsn.0 < st.durable_lsn {
-                return Poll::Ready(Ok(()));
-            }
-            if st.closed {
-                return Poll::Ready(Err(JournalError::Closed));
-            }
-            match epoch {
-                None => {
-                    if let Some(why) = &st.io_failed {
-                        return Poll::Ready(Err(JournalError::Degraded(why.clone())));
-                    }
-                    epoch = Some(st.fail_epoch);
-                }
-                Some(e) if e != st.fail_epoch => {
-                    let why = st
-                        .io_failed
-                        .clone()
-                        .unwrap_or_else(|| "write failed".into());
-                    return Poll::Ready(Err(JournalError::Degraded(why)));
-                }
-                Some(_) => {}
-            }
-            st.want_flush = true;
-            st.waiters.push(cx.waker().clone());
-            drop(st);
-            inner.writer.notify();
-            Poll::Pending
-        })
-        .await
+    pub fn durable(&self, lsn: Lsn) -> Durable {
+        Durable {
+            inner: self.inner.clone(),
+            lsn,
+            epoch: None,
+        }
     }
 
     /// Starts a checkpoint: feed it every user's current progress with
@@ -487,6 +456,11 @@ impl ShardJournal {
             || st.counters.bytes - st.bytes_at_checkpoint >= cfg.checkpoint_bytes
             || (since.elapsed() >= cfg.checkpoint_every
                 && st.counters.appended > st.appended_at_checkpoint)
+    }
+
+    /// When progress is made durable.
+    pub fn policy(&self) -> FsyncPolicy {
+        self.inner.policy
     }
 
     /// Why the journal is degraded (for `/healthz`), if it is.
@@ -534,6 +508,56 @@ impl ShardJournal {
             }
         })
         .await
+    }
+}
+
+/// [`ShardJournal::durable`]'s future: a named type (not an `async fn`'s),
+/// so that a shard can keep it beside the page that waits for it.
+pub struct Durable {
+    inner: Rc<Inner>,
+    lsn: Lsn,
+    /// The failure epoch seen at the first poll: a failure after it fails
+    /// this wait too.
+    epoch: Option<u64>,
+}
+
+impl Future for Durable {
+    type Output = Result<(), JournalError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let lsn = self.lsn;
+        let inner = self.inner.clone();
+        let mut st = inner.st.borrow_mut();
+        if st.lost.is_some_and(|(a, b)| (a..b).contains(&lsn.0)) {
+            return Poll::Ready(Err(JournalError::Dropped));
+        }
+        if lsn.0 < st.durable_lsn {
+            return Poll::Ready(Ok(()));
+        }
+        if st.closed {
+            return Poll::Ready(Err(JournalError::Closed));
+        }
+        match self.epoch {
+            None => {
+                if let Some(why) = &st.io_failed {
+                    return Poll::Ready(Err(JournalError::Degraded(why.clone())));
+                }
+                self.epoch = Some(st.fail_epoch);
+            }
+            Some(e) if e != st.fail_epoch => {
+                let why = st
+                    .io_failed
+                    .clone()
+                    .unwrap_or_else(|| "write failed".into());
+                return Poll::Ready(Err(JournalError::Degraded(why)));
+            }
+            Some(_) => {}
+        }
+        st.want_flush = true;
+        st.waiters.push(cx.waker().clone());
+        drop(st);
+        inner.writer.notify();
+        Poll::Pending
     }
 }
 

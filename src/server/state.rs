@@ -1,0 +1,126 @@
+//! Progress on disk at start-up (`--state-dir`): read the state directory
+//! before loading (a bad directory fails fast), restore every shard's users
+//! from it once the stores are loaded, and plan each shard's journal.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::feed::{Progress, Restored, Store};
+use crate::journal::{self, DirLock, FsyncPolicy, JournalConfig, Recovery};
+use crate::shard::{owner_of, JournalPlan};
+
+/// `--state-dir` and `--fsync`.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+}
+
+/// What the shards start from: one journal plan each (`None` without
+/// `--state-dir`), and the directory's lock, held for the process's life.
+pub(super) struct State {
+    pub plans: Vec<Option<JournalPlan>>,
+    pub lock: Option<DirLock>,
+}
+
+/// Reads everything in the state directory (or says that progress is kept
+/// in memory only).
+pub(super) fn recover(state: Option<&StateConfig>) -> Result<Option<Recovery>, String> {
+    let Some(state) = state else {
+        eprintln!(
+            "shardfeed: progress is kept in memory only (no --state-dir): \
+             a restart starts every user at the beginning of their feed"
+        );
+        return Ok(None);
+    };
+    let recovery = journal::recover(&state.dir)?;
+    eprintln!("shardfeed: {}", recovery.report);
+    Ok(Some(recovery))
+}
+
+/// Gives every store its users' recovered progress (each user goes to its
+/// owner under this run's shard count), in parallel, and plans the
+/// journals.
+pub(super) fn restore(
+    state: Option<&StateConfig>,
+    recovery: Option<Recovery>,
+    stores: &mut [Store],
+) -> State {
+    let shards = stores.len();
+    let (Some(state), Some(recovery)) = (state, recovery) else {
+        return State {
+            plans: vec![None; shards],
+            lock: None,
+        };
+    };
+    let parts = recovery.partition(shards, |user| owner_of(user, shards).0);
+    let read = recovery.report.took;
+    let results: Vec<(Tally, Duration)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = stores
+            .iter_mut()
+            .zip(&parts)
+            .map(|(store, part)| scope.spawn(move || restore_shard(store, part)))
+            .collect();
+        let joined = threads.into_iter().map(|t| t.join().expect("restore thread"));
+        joined.collect()
+    });
+    let mut all = Tally::default();
+    for (t, _) in &results {
+        all.add(t);
+    }
+    eprintln!(
+        "shardfeed: progress restored: {} users continue, {} start again (their feed changed), \
+         {} are not in this feed",
+        all.kept, all.reset, all.unknown
+    );
+    let config = JournalConfig::after(&recovery, shards);
+    let plans = results
+        .iter()
+        .map(|(_, took)| {
+            Some(JournalPlan {
+                dir: state.dir.clone(),
+                policy: state.fsync,
+                config: config.clone(),
+                replay: read + *took,
+            })
+        })
+        .collect();
+    State {
+        plans,
+        lock: Some(recovery.lock),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    kept: u64,
+    reset: u64,
+    unknown: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.kept += o.kept;
+        self.reset += o.reset;
+        self.unknown += o.unknown;
+    }
+}
+
+fn restore_shard(store: &mut Store, part: &[journal::Progress]) -> (Tally, Duration) {
+    let started = Instant::now();
+    let version = store.version();
+    let mut tally = Tally::default();
+    for p in part {
+        let progress = Progress {
+            user: p.user,
+            served: p.served,
+            prefix: p.prefix,
+        };
+        match store.restore(progress, p.version == version) {
+            Restored::Kept => tally.kept += 1,
+            Restored::Reset => tally.reset += 1,
+            Restored::Unknown => tally.unknown += 1,
+        }
+    }
+    (tally, started.elapsed())
+}
