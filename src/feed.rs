@@ -111,12 +111,7 @@ impl StoreBuilder {
         let len = self.items.len() - start;
         // 2^32 items of one user would be 16 GiB on one line of the feed file.
         debug_assert!(len <= u32::MAX as usize, "a feed is at most 2^32 items");
-        let entry = Entry {
-            start: start as u64,
-            len: len as u32,
-            served: 0,
-            prefix: EMPTY_PREFIX,
-        };
+        let entry = Entry::new(start as u64, len as u32, EMPTY_PREFIX);
         if !self.users.insert(user, entry) {
             self.items.truncate(start);
             return Err(DuplicateUser(user));
@@ -150,14 +145,14 @@ impl StoreBuilder {
 }
 
 /// The hash of an empty served prefix.
-pub const EMPTY_PREFIX: u64 = 0x9e37_79b9_7f4a_7c15;
+pub const EMPTY_PREFIX: u32 = 0x9e37_79b9;
 
-/// Extends the hash of a served prefix by the next items served. Fixed for
-/// every build: hashes outlive the process in the progress journal.
+/// Extends the 32-bit hash of a served prefix by the next items served.
+/// Fixed for every build: hashes outlive the process in the journal.
 #[inline]
-pub fn prefix_hash(mut h: u64, items: &[u32]) -> u64 {
+pub fn prefix_hash(mut h: u32, items: &[u32]) -> u32 {
     for &item in items {
-        h = mix64(h ^ item as u64);
+        h = (mix64(((h as u64) << 32) | item as u64) >> 32) as u32;
     }
     h
 }
@@ -169,7 +164,7 @@ pub struct Progress {
     pub user: u32,
     pub served: u32,
     /// [`prefix_hash`] of the first `served` items.
-    pub prefix: u64,
+    pub prefix: u32,
 }
 
 /// What [`Store::restore`] made of a remembered progress.

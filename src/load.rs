@@ -260,7 +260,9 @@ pub fn load_stores(
                     }
                     let owns = |user| shard_of(user) == ShardId(i);
                     let (builder, version) = match source {
-                        Source::Synthetic(spec) => (synthetic::synthetic_store(spec, owns), spec.version()),
+                        Source::Synthetic(spec) => {
+                            (synthetic::synthetic_store(spec, owns), spec.version())
+                        }
                         Source::File(path) => load_feed_file(path, owns)?,
                     };
                     let counts = count_for_pool
@@ -338,7 +340,10 @@ mod tests {
         let loaded = loaded.build(Default::default());
         let (_, again) = load_feed_file(&path, |_| true).unwrap();
         assert_eq!(version, again, "a file's version depends only on its bytes");
-        let changed = temp_file("gen2.tsv", &format!("{}1\t1\n", std::str::from_utf8(&text).unwrap()));
+        let changed = temp_file(
+            "gen2.tsv",
+            &format!("{}100000\t1\n", std::str::from_utf8(&text).unwrap()),
+        );
         assert_ne!(load_feed_file(&changed, |_| true).unwrap().1, version);
         let direct = synthetic_store(&SPEC, |u| u % 3 == 1).build(Default::default());
         assert_eq!(loaded.users(), 100);

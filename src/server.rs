@@ -160,7 +160,11 @@ pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, Stri
     let (events_tx, events) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let links = shard::make_links(shards);
-    let parts = stores.into_iter().zip(state.plans).zip(listeners.sockets).zip(links);
+    let parts = stores
+        .into_iter()
+        .zip(state.plans)
+        .zip(listeners.sockets)
+        .zip(links);
     for (i, (((store, journal), listener), links)) in parts.enumerate() {
         let log = histogram_log.as_ref().map(|l| l.sender());
         let metrics = ShardMetrics::new(log.is_some());
@@ -358,10 +362,15 @@ impl ShardLife {
         let mut unsynced = None;
         if let Some(journal) = shard.journal() {
             if let Err(e) = journal.close().await {
-                unsynced = Some(format!("shard {}: progress not synced at the stop: {e}", shard.id.0));
+                unsynced = Some(format!(
+                    "shard {}: progress not synced at the stop: {e}",
+                    shard.id.0
+                ));
             }
         }
-        let _ = self.events.send(Event::Drained(Box::new(shard.snapshot()), unsynced));
+        let _ = self
+            .events
+            .send(Event::Drained(Box::new(shard.snapshot()), unsynced));
         // Keep answering the other shards until the process exits.
         std::future::pending::<()>().await
     }

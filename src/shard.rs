@@ -36,7 +36,7 @@ use glommio::{GlommioError, ResourceType};
 use crate::feed::{Page, Store, Unserved};
 use crate::hash::mix64;
 use crate::journal::{self, FsyncPolicy, Lsn, ShardJournal};
-use crate::metrics::{Class, Route, JournalSnapshot, ShardMetrics, Snapshot};
+use crate::metrics::{Class, JournalSnapshot, Route, ShardMetrics, Snapshot};
 use crate::session::{Backend, PageAsk, Pending};
 use crate::watchdog::Registry;
 pub use mesh::{make_links, Links};
@@ -190,7 +190,7 @@ impl Shard {
                 user: p.user,
                 served: p.served,
                 version: store.version(),
-                prefix: p.prefix,
+                prefix: p.prefix as u64,
             })),
             _ => None,
         };
@@ -418,7 +418,10 @@ async fn serve_peer(
     requests: ConnectedReceiver<PageRequest>,
     replies: ConnectedSender<PageReply>,
 ) {
-    let waits = shard.journal.as_ref().is_some_and(|j| answers_wait(j.policy()));
+    let waits = shard
+        .journal
+        .as_ref()
+        .is_some_and(|j| answers_wait(j.policy()));
     let mut batch: Vec<PageReply> = Vec::with_capacity(if waits { DURABLE_BATCH } else { 1 });
     while let Some(mut req) = requests.recv().await {
         let mut last = None;
@@ -483,7 +486,7 @@ async fn checkpoints(shard: Rc<Shard>) {
                 user: p.user,
                 served: p.served,
                 version,
-                prefix: p.prefix,
+                prefix: p.prefix as u64,
             }));
             result = checkpoint.add(&chunk).await;
             glommio::yield_if_needed().await;

@@ -32,9 +32,14 @@ impl Synthetic {
 
     /// The data set's version: the same parameters, the same feeds.
     pub fn version(&self) -> u64 {
-        [self.users as u64, self.feed_len as u64, self.items as u64, self.seed]
-            .iter()
-            .fold(0x5f1d_feed_0000_0001, |h, &v| mix64(h ^ v))
+        [
+            self.users as u64,
+            self.feed_len as u64,
+            self.items as u64,
+            self.seed,
+        ]
+        .iter()
+        .fold(0x5f1d_feed_0000_0001, |h, &v| mix64(h ^ v))
     }
 
     pub fn user_ids(&self) -> std::ops::RangeInclusive<u32> {

@@ -4,7 +4,7 @@
 //! Why not a `HashMap<u32, u32>` plus arrays of offsets and progress: a page
 //! for a random user then takes five dependent cache misses (the map's control
 //! bytes, its bucket, the offset, the progress, the items). Here the id, the
-//! item range and the progress share one 32-byte slot, found by linear probing
+//! item range and the progress share one 24-byte slot, found by linear probing
 //! from the id's hash, so a lookup usually costs one miss before the items.
 //!
 //! The table is at most `MAX_LOAD` full (about 1.75 slots probed per hit)
@@ -12,33 +12,55 @@
 
 use crate::hash::mix64;
 
-/// Where one user's items are and how far they got.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where one user's items are and how far they got: one slot of the table,
+/// 24 bytes (checked below), the user id included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct Entry {
-    /// First item in the store's item array.
-    pub start: u64,
+    /// Whose entry this is (set by [`UserTable::insert`]).
+    user: u32,
     /// Number of items. `u32`: a feed is at most 2^32 items.
     pub len: u32,
+    /// First item in the store's item array; [`EMPTY`] in an empty slot.
+    pub start: u64,
     /// Items already served (`<= len`).
     pub served: u32,
-    /// Hash of the first `served` items (see `feed::prefix_hash`), kept so
-    /// that the journal can tell whether a changed feed starts the same way.
-    pub prefix: u64,
+    /// 32-bit hash of the first `served` items (see `feed::prefix_hash`),
+    /// kept so that a changed feed can be checked against what was served.
+    /// 32 bits keep the slot at 24 bytes; a changed prefix that hashes the
+    /// same (one in 4 billion) would keep its progress.
+    pub prefix: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 24);
+
+/// `start` of an empty slot: no feed starts there.
+const EMPTY: u64 = u64::MAX;
+
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry::new(EMPTY, 0, 0)
+    }
 }
 
 impl Entry {
+    /// A user's entry: `len` items from `start`, none served yet (`prefix`:
+    /// the hash of an empty prefix).
+    pub fn new(start: u64, len: u32, prefix: u32) -> Entry {
+        Entry {
+            user: 0,
+            len,
+            start,
+            served: 0,
+            prefix,
+        }
+    }
+
     /// Where the user's items not yet served are in the store's item array.
     pub fn unserved(&self) -> std::ops::Range<usize> {
         let end = (self.start + self.len as u64) as usize;
         (self.start + self.served as u64) as usize..end
     }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    /// `user + 1`; 0 marks an empty slot.
-    key: u64,
-    entry: Entry,
 }
 
 /// Largest share of slots in use, as a fraction `MAX_LOAD.0 / MAX_LOAD.1`.
@@ -50,7 +72,7 @@ const SEED: u64 = 0x243f_6a88_85a3_08d3;
 
 #[derive(Debug, Default)]
 pub struct UserTable {
-    slots: Vec<Slot>,
+    slots: Vec<Entry>,
     len: usize,
 }
 
@@ -58,7 +80,7 @@ impl UserTable {
     /// A table that takes `users` users without growing.
     pub fn with_capacity(users: usize) -> UserTable {
         UserTable {
-            slots: vec![Slot::default(); slots_for(users)],
+            slots: vec![Entry::default(); slots_for(users)],
             len: 0,
         }
     }
@@ -73,16 +95,14 @@ impl UserTable {
 
     /// Adds `user`; `false` (and no change) if it is already there.
     pub fn insert(&mut self, user: u32, entry: Entry) -> bool {
+        debug_assert_ne!(entry.start, EMPTY, "no feed starts at u64::MAX");
         if slots_for(self.len + 1) > self.slots.len() {
             self.grow();
         }
         match self.find(user) {
             Ok(_) => false,
             Err(empty) => {
-                self.slots[empty] = Slot {
-                    key: user as u64 + 1,
-                    entry,
-                };
+                self.slots[empty] = Entry { user, ..entry };
                 self.len += 1;
                 true
             }
@@ -90,12 +110,12 @@ impl UserTable {
     }
 
     pub fn get(&self, user: u32) -> Option<&Entry> {
-        self.find(user).ok().map(|i| &self.slots[i].entry)
+        self.find(user).ok().map(|i| &self.slots[i])
     }
 
     pub fn get_mut(&mut self, user: u32) -> Option<&mut Entry> {
         match self.find(user) {
-            Ok(i) => Some(&mut self.slots[i].entry),
+            Ok(i) => Some(&mut self.slots[i]),
             Err(_) => None,
         }
     }
@@ -108,7 +128,7 @@ impl UserTable {
     /// The user in slot `i`, if any: for walking every user in chunks.
     pub fn at(&self, i: usize) -> Option<(u32, &Entry)> {
         let slot = self.slots.get(i)?;
-        (slot.key != 0).then(|| ((slot.key - 1) as u32, &slot.entry))
+        (slot.start != EMPTY).then_some((slot.user, slot))
     }
 
     /// Starts loading the slot where `user`'s probe begins into the cache,
@@ -121,7 +141,7 @@ impl UserTable {
             // SAFETY: a prefetch is only a hint; the address is a valid slot.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast());
+                _mm_prefetch::<_MM_HINT_T0>((slot as *const Entry).cast());
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -135,15 +155,14 @@ impl UserTable {
         if n == 0 {
             return Err(0);
         }
-        let key = user as u64 + 1;
         let mut i = home(user, n);
         loop {
-            let k = self.slots[i].key;
-            if k == key {
-                return Ok(i);
-            }
-            if k == 0 {
+            let slot = &self.slots[i];
+            if slot.start == EMPTY {
                 return Err(i);
+            }
+            if slot.user == user {
+                return Ok(i);
             }
             i += 1;
             if i == n {
@@ -154,10 +173,10 @@ impl UserTable {
 
     fn grow(&mut self) {
         let old = std::mem::take(&mut self.slots);
-        self.slots = vec![Slot::default(); slots_for((self.len + 1).max(8) * 2)];
+        self.slots = vec![Entry::default(); slots_for((self.len + 1).max(8) * 2)];
         self.len = 0;
-        for slot in old.into_iter().filter(|s| s.key != 0) {
-            self.insert((slot.key - 1) as u32, slot.entry);
+        for slot in old.into_iter().filter(|s| s.start != EMPTY) {
+            self.insert(slot.user, slot);
         }
     }
 }
@@ -178,11 +197,7 @@ mod tests {
     use super::*;
 
     fn entry(start: u64) -> Entry {
-        Entry {
-            start,
-            len: 3,
-            ..Entry::default()
-        }
+        Entry::new(start, 3, 0)
     }
 
     #[test]

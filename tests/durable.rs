@@ -36,7 +36,14 @@ fn feed_file(dir: &TempDir) -> String {
 }
 
 fn start(feeds: &str, state: &Path, extra: &[&str]) -> Server {
-    let mut args = vec!["--feed", feeds, "--state-dir", path_str(state), "--fallback-size", "5"];
+    let mut args = vec![
+        "--feed",
+        feeds,
+        "--state-dir",
+        path_str(state),
+        "--fallback-size",
+        "5",
+    ];
     args.extend_from_slice(extra);
     Server::start_with_stderr(&args, Stdio::null())
 }
@@ -70,7 +77,11 @@ fn a_clean_restart_continues_every_user_even_with_other_shards() {
         let s = start(&feeds, &state, &["--shards", shards]);
         let offset = if shards == "1" { 0 } else { 1 };
         for u in 1..=USERS {
-            assert_eq!(next_position(&s, u), 1 + u % 5 + offset, "user {u}, {shards} shard(s)");
+            assert_eq!(
+                next_position(&s, u),
+                1 + u % 5 + offset,
+                "user {u}, {shards} shard(s)"
+            );
         }
         let (status, _, _) = s.terminate(Duration::from_secs(10));
         assert!(status.success());
@@ -86,7 +97,10 @@ struct Seen {
 
 /// Clients paging through every user as fast as they can (each user on one
 /// connection, one request at a time), until told to stop.
-fn load(s: &Server, stop: Arc<AtomicBool>) -> (Vec<std::thread::JoinHandle<()>>, Arc<Mutex<Vec<Seen>>>) {
+fn load(
+    s: &Server,
+    stop: Arc<AtomicBool>,
+) -> (Vec<std::thread::JoinHandle<()>>, Arc<Mutex<Vec<Seen>>>) {
     let seen = Arc::new(Mutex::new(vec![Seen::default(); USERS as usize + 1]));
     let mut threads = Vec::new();
     for t in 0..8u32 {
@@ -107,10 +121,17 @@ fn load(s: &Server, stop: Arc<AtomicBool>) -> (Vec<std::thread::JoinHandle<()>>,
                         return;
                     }
                     let r = c.response();
-                    let got: Vec<u32> = r.items().iter().map(|&i| position(u, i).unwrap()).collect();
-                    assert_eq!(got, [at[k], at[k] + 1, at[k] + 2], "user {u}: in order, no gaps");
+                    let got: Vec<u32> =
+                        r.items().iter().map(|&i| position(u, i).unwrap()).collect();
+                    assert_eq!(
+                        got,
+                        [at[k], at[k] + 1, at[k] + 2],
+                        "user {u}: in order, no gaps"
+                    );
                     at[k] += 3;
-                    seen.lock().unwrap()[u as usize].acked.push((Instant::now(), at[k]));
+                    seen.lock().unwrap()[u as usize]
+                        .acked
+                        .push((Instant::now(), at[k]));
                 }
             }
         }));
@@ -150,11 +171,20 @@ fn kill_under_load(policy: &str, allowed_loss: Duration) {
             .find(|(t, _)| *t + allowed_loss <= killed_at)
             .map_or(0, |a| a.1);
         let next = next_position(&s, u);
-        assert!(next >= safe, "{policy}: user {u} resumed at {next}, lost acknowledged {safe}");
+        assert!(
+            next >= safe,
+            "{policy}: user {u} resumed at {next}, lost acknowledged {safe}"
+        );
         // At most the one request in flight was served and not acknowledged.
-        assert!(next <= last + 3, "{policy}: user {u} resumed at {next}, past {last} + 3");
+        assert!(
+            next <= last + 3,
+            "{policy}: user {u} resumed at {next}, past {last} + 3"
+        );
         if allowed_loss.is_zero() {
-            assert!(next >= last, "{policy}: user {u} resumed at {next}, acknowledged {last}");
+            assert!(
+                next >= last,
+                "{policy}: user {u} resumed at {next}, acknowledged {last}"
+            );
         }
     }
     let (status, _, _) = s.terminate(Duration::from_secs(10));
@@ -202,10 +232,21 @@ fn damaged_journal_files_keep_the_valid_prefix() {
     }
     std::fs::write(&segment, &bytes).unwrap();
     let s = Server::start_with_stderr(
-        &["--feed", &feeds, "--state-dir", path_str(&state), "--shards", "1"],
+        &[
+            "--feed",
+            &feeds,
+            "--state-dir",
+            path_str(&state),
+            "--shards",
+            "1",
+        ],
         Stdio::piped(),
     );
-    assert_eq!(next_position(&s, 7), 10, "all five pages survive the junk after them");
+    assert_eq!(
+        next_position(&s, 7),
+        10,
+        "all five pages survive the junk after them"
+    );
     let (status, _, _) = s.terminate(Duration::from_secs(10));
     assert!(status.success());
 
@@ -216,11 +257,17 @@ fn damaged_journal_files_keep_the_valid_prefix() {
         .filter(|p| p.to_string_lossy().contains("journal-"))
         .max()
         .unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
     f.set_len(512 + 100).unwrap();
     let s = start(&feeds, &state, &["--shards", "1"]);
     let next = next_position(&s, 7);
-    assert!(next == 10 || next == 11, "the cut record is dropped, not misread: {next}");
+    assert!(
+        next == 10 || next == 11,
+        "the cut record is dropped, not misread: {next}"
+    );
     drop(s);
 }
 
@@ -229,24 +276,46 @@ fn a_state_dir_that_cannot_be_used_is_a_clear_error() {
     let dir = TempDir::new("durable-baddir");
     let feeds = feed_file(&dir);
     let file = dir.file("not-a-dir", "x");
-    let out = run(&["serve", "--listen", "127.0.0.1:0", "--feed", &feeds, "--state-dir", path_str(&file)]);
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--feed",
+        &feeds,
+        "--state-dir",
+        path_str(&file),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not-a-dir") && err.contains("state"), "{err}");
-    let out = run(&["serve", "--listen", "127.0.0.1:0", "--feed", &feeds, "--fsync", "sometimes"]);
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--feed",
+        &feeds,
+        "--fsync",
+        "sometimes",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("always, everysec or never"));
     // Junk in the directory is ignored and named.
     let state = dir.0.join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("journal-zzz.log"), vec![0xab; 5000]).unwrap();
-    std::fs::write(state.join("journal-00000001-0000-0000000000.log"), vec![0xcd; 5000]).unwrap();
-    let s = Server::start_with_stderr(&["--feed", &feeds, "--state-dir", path_str(&state)], Stdio::piped());
+    std::fs::write(
+        state.join("journal-00000001-0000-0000000000.log"),
+        vec![0xcd; 5000],
+    )
+    .unwrap();
+    let s = Server::start_with_stderr(
+        &["--feed", &feeds, "--state-dir", path_str(&state)],
+        Stdio::piped(),
+    );
     assert_eq!(next_position(&s, 3), 0);
     let (status, _, _) = s.terminate(Duration::from_secs(10));
     assert!(status.success());
 }
-
 
 /// The journal's fields of one shard in `/stats`.
 fn journal_stats(s: &Server, shard: usize) -> serde_json::Value {
@@ -280,13 +349,20 @@ fn a_full_disk_degrades_and_recovers_by_itself() {
     let s = start(&feeds, &state, &["--shards", "1", "--fsync", "always"]);
     for k in 0..20 {
         let page = s.get("/feed/5?size=2").items();
-        assert_eq!(page, [item(5, 2 * k), item(5, 2 * k + 1)], "served while the disk is full");
+        assert_eq!(
+            page,
+            [item(5, 2 * k), item(5, 2 * k + 1)],
+            "served while the disk is full"
+        );
     }
     let j = journal_stats(&s, 0);
     assert!(j["errors"].as_u64().unwrap() > 0, "{j}");
     assert!(j["degraded"].is_string(), "{j}");
     let metrics = s.get("/metrics").body;
-    assert!(metrics.contains("shardfeed_journal_degraded{shard=\"0\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("shardfeed_journal_degraded{shard=\"0\"} 1"),
+        "{metrics}"
+    );
 
     let grow = std::process::Command::new("mount")
         .args(["-o", "remount,size=128m", path_str(&state)])
@@ -295,14 +371,65 @@ fn a_full_disk_degrades_and_recovers_by_itself() {
     assert!(grow.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !journal_stats(&s, 0)["degraded"].is_null() {
-        assert!(Instant::now() < deadline, "still degraded: {}", journal_stats(&s, 0));
+        assert!(
+            Instant::now() < deadline,
+            "still degraded: {}",
+            journal_stats(&s, 0)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let page = s.get("/feed/5?size=2").items();
     assert_eq!(page, [item(5, 40), item(5, 41)]);
     kill9(s);
     let s = start(&feeds, &state, &["--shards", "1"]);
-    assert_eq!(next_position(&s, 5), 42, "what was served on the full disk is kept too");
+    assert_eq!(
+        next_position(&s, 5),
+        42,
+        "what was served on the full disk is kept too"
+    );
+    let (status, _, _) = s.terminate(Duration::from_secs(10));
+    assert!(status.success());
+}
+
+/// A restart that finds a new feed: a user keeps their progress P only if
+/// the first P items of their new list are the P items they were served.
+#[test]
+fn a_changed_feed_keeps_progress_only_over_the_same_items() {
+    let dir = TempDir::new("durable-prefix");
+    let state = dir.0.join("state");
+    let old = dir.file("old.tsv", "1\t10,11,12,13\n2\t20,21,22,23\n3\t30,31\n");
+    let new = dir.file("new.tsv", "1\t10,11,12,99,98\n2\t20,77,22,23\n4\t40\n");
+    let args = |feed: &Path| {
+        let state = path_str(&state).to_string();
+        vec![
+            "--feed".to_string(),
+            path_str(feed).to_string(),
+            "--state-dir".into(),
+            state,
+            "--fallback-size".into(),
+            "1".into(),
+        ]
+    };
+    let s = Server::start(&args(&old).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(s.get("/feed/1?size=3").items(), [10, 11, 12]);
+    assert_eq!(s.get("/feed/2?size=3").items(), [20, 21, 22]);
+    assert_eq!(s.get("/feed/3?size=1").items(), [30]);
+    assert!(s.terminate(Duration::from_secs(10)).0.success());
+    let s = Server::start_with_stderr(
+        &args(&new).iter().map(String::as_str).collect::<Vec<_>>(),
+        Stdio::piped(),
+    );
+    assert_eq!(
+        s.get("/feed/1?size=2").items(),
+        [99, 98],
+        "same first three: continues"
+    );
+    assert_eq!(
+        s.get("/feed/2?size=2").items(),
+        [20, 77],
+        "changed under the served items: from the start"
+    );
+    assert_eq!(s.get("/feed/4?size=1").items(), [40]);
     let (status, _, _) = s.terminate(Duration::from_secs(10));
     assert!(status.success());
 }

@@ -524,7 +524,10 @@ pub struct Durable {
 impl Future for Durable {
     type Output = Result<(), JournalError>;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Self::Output> {
         let lsn = self.lsn;
         let inner = self.inner.clone();
         let mut st = inner.st.borrow_mut();

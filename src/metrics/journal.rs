@@ -18,18 +18,72 @@ pub struct JournalSnapshot {
 }
 
 /// A journal counter or gauge: Prometheus name, help, kind, value.
-type Series = (&'static str, &'static str, &'static str, fn(&JournalSnapshot) -> f64);
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&JournalSnapshot) -> f64,
+);
 
 const SERIES: [Series; 9] = [
-    ("journal_bytes_total", "Bytes written to journal segments, padding included.", "counter", |j| j.stats.bytes as f64),
-    ("journal_records_total", "Progress records written to the journal.", "counter", |j| j.stats.records as f64),
-    ("journal_syncs_total", "fdatasyncs that made journal records durable.", "counter", |j| j.stats.syncs as f64),
-    ("journal_errors_total", "Failed journal writes, syncs, segment creations and checkpoints.", "counter", |j| j.stats.errors as f64),
-    ("journal_dropped_records_total", "Records dropped because writes kept failing (a checkpoint restores them).", "counter", |j| j.stats.dropped as f64),
-    ("journal_queued_records", "Records appended and not yet durable.", "gauge", |j| j.stats.queued as f64),
-    ("journal_degraded", "1 while the journal cannot write or sync (see /healthz), else 0.", "gauge", |j| j.stats.degraded.is_some() as u8 as f64),
-    ("journal_last_checkpoint_age_seconds", "Seconds since this run's last checkpoint (-1: none yet).", "gauge", |j| j.stats.last_checkpoint_age.map_or(-1.0, |a| a.as_secs_f64())),
-    ("journal_replay_seconds", "Start-up: reading the state directory and restoring this shard's users.", "gauge", |j| j.replay.as_secs_f64()),
+    (
+        "journal_bytes_total",
+        "Bytes written to journal segments, padding included.",
+        "counter",
+        |j| j.stats.bytes as f64,
+    ),
+    (
+        "journal_records_total",
+        "Progress records written to the journal.",
+        "counter",
+        |j| j.stats.records as f64,
+    ),
+    (
+        "journal_syncs_total",
+        "fdatasyncs that made journal records durable.",
+        "counter",
+        |j| j.stats.syncs as f64,
+    ),
+    (
+        "journal_errors_total",
+        "Failed journal writes, syncs, segment creations and checkpoints.",
+        "counter",
+        |j| j.stats.errors as f64,
+    ),
+    (
+        "journal_dropped_records_total",
+        "Records dropped because writes kept failing (a checkpoint restores them).",
+        "counter",
+        |j| j.stats.dropped as f64,
+    ),
+    (
+        "journal_queued_records",
+        "Records appended and not yet durable.",
+        "gauge",
+        |j| j.stats.queued as f64,
+    ),
+    (
+        "journal_degraded",
+        "1 while the journal cannot write or sync (see /healthz), else 0.",
+        "gauge",
+        |j| j.stats.degraded.is_some() as u8 as f64,
+    ),
+    (
+        "journal_last_checkpoint_age_seconds",
+        "Seconds since this run's last checkpoint (-1: none yet).",
+        "gauge",
+        |j| {
+            j.stats
+                .last_checkpoint_age
+                .map_or(-1.0, |a| a.as_secs_f64())
+        },
+    ),
+    (
+        "journal_replay_seconds",
+        "Start-up: reading the state directory and restoring this shard's users.",
+        "gauge",
+        |j| j.replay.as_secs_f64(),
+    ),
 ];
 
 /// `,"journal":{...}` for one shard's `/stats` entry (nothing without one).
@@ -42,7 +96,15 @@ pub(super) fn json(out: &mut String, s: &Snapshot) {
         out,
         ",\"journal\":{{\"policy\":\"{}\",\"bytes\":{},\"records\":{},\"syncs\":{},\"errors\":{},\
          \"dropped\":{},\"queued\":{},\"segments\":{},\"checkpoints\":{},",
-        st.policy, st.bytes, st.records, st.syncs, st.errors, st.dropped, st.queued, st.segments, st.checkpoints
+        st.policy,
+        st.bytes,
+        st.records,
+        st.syncs,
+        st.errors,
+        st.dropped,
+        st.queued,
+        st.segments,
+        st.checkpoints
     );
     match st.last_checkpoint_age {
         Some(age) => {
@@ -50,13 +112,23 @@ pub(super) fn json(out: &mut String, s: &Snapshot) {
         }
         None => out.push_str("\"last_checkpoint_age_s\":null,"),
     }
-    let _ = write!(out, "\"replay_s\":{:.3},\"degraded\":", j.replay.as_secs_f64());
+    let _ = write!(
+        out,
+        "\"replay_s\":{:.3},\"degraded\":",
+        j.replay.as_secs_f64()
+    );
     match &st.degraded {
         // Error texts come from the OS: keep them JSON-safe.
         Some(why) => {
             let safe: String = why
                 .chars()
-                .map(|c| if c == '"' || c == '\\' || c.is_control() { '\'' } else { c })
+                .map(|c| {
+                    if c == '"' || c == '\\' || c.is_control() {
+                        '\''
+                    } else {
+                        c
+                    }
+                })
                 .collect();
             let _ = write!(out, "\"{safe}\"");
         }
@@ -83,7 +155,12 @@ pub(super) fn prometheus(out: &mut String, snapshots: &[Snapshot]) {
         }
     }
     let name = "journal_sync_duration_seconds";
-    family(out, name, "Latency of the journal's fdatasyncs.", "histogram");
+    family(
+        out,
+        name,
+        "Latency of the journal's fdatasyncs.",
+        "histogram",
+    );
     for (shard, j) in &journals {
         let h = &j.stats.sync_latency_us;
         let sum = h.mean() * h.len() as f64 / 1e6;

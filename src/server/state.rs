@@ -61,7 +61,9 @@ pub(super) fn restore(
             .zip(&parts)
             .map(|(store, part)| scope.spawn(move || restore_shard(store, part)))
             .collect();
-        let joined = threads.into_iter().map(|t| t.join().expect("restore thread"));
+        let joined = threads
+            .into_iter()
+            .map(|t| t.join().expect("restore thread"));
         joined.collect()
     });
     let mut all = Tally::default();
@@ -114,7 +116,8 @@ fn restore_shard(store: &mut Store, part: &[journal::Progress]) -> (Tally, Durat
         let progress = Progress {
             user: p.user,
             served: p.served,
-            prefix: p.prefix,
+            // Written from a 32-bit hash (see `feed::prefix_hash`).
+            prefix: p.prefix as u32,
         };
         match store.restore(progress, p.version == version) {
             Restored::Kept => tally.kept += 1,
