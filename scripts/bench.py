@@ -9,6 +9,8 @@
     scripts/bench.sh --quick --server-arg=--no-pin        # flags for shardfeed: with `=`
     scripts/bench.sh --quick --rounds 4 --no-baselines --against /tmp/shardfeed-old
                                              # A B A B against another build
+    scripts/bench.sh --quick --no-baselines --against target/release/shardfeed \
+        --server-arg=--state-dir --server-arg={tmp}   # with a journal against without
 
 Each round starts every server afresh, in turn (A B C D, A B C D, ...), so
 that the noisy machine drifts alike over all of them:
@@ -124,13 +126,17 @@ class Shardfeed:
         self.proc = None
 
     def start(self):
+        # `{tmp}` in a flag is a fresh directory for every start (e.g.
+        # --server-arg=--state-dir --server-arg={tmp}).
+        self.tmp = tempfile.mkdtemp(prefix="bench-shardfeed-")
+        command = [a.replace("{tmp}", self.tmp) for a in self.command]
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         self.startup_s = time.monotonic() - started
         if not line.startswith("listening on "):
             self.stop()
-            die(f"{self.name} did not start: {' '.join(self.command)}")
+            die(f"{self.name} did not start: {' '.join(command)}")
         self.addr = line.split()[-1]
         return self.addr
 
@@ -153,6 +159,7 @@ class Shardfeed:
     def stop(self):
         # SIGTERM: shardfeed drains and prints its summary.
         stop_process(self.proc, signal.SIGTERM, 15)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class Nginx:
@@ -330,7 +337,9 @@ def main():
     p.add_argument("--no-baselines", action="store_true", help="shardfeed only")
     p.add_argument("--bin", help="shardfeed binary to run instead of building")
     p.add_argument("--against", metavar="BIN",
-                   help="another shardfeed binary (e.g. a build of the previous commit), run interleaved with this one as `against-N`")
+                   help="another shardfeed binary (e.g. a build of the previous commit, or this one with other flags), run interleaved with this one as `against-N`")
+    p.add_argument("--against-arg", action="append", default=[],
+                   help="extra flag for the --against runs only (--server-arg is for this binary's runs only); write --against-arg=--flag")
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for shardfeed serve; write --server-arg=--flag")
     p.add_argument("--record", action="store_true", help="save a record under benches/runs/")
     args = p.parse_args()
@@ -355,13 +364,14 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
         binary = os.path.join(ROOT, "target", "release", "shardfeed")
 
-    sf_args = ["--users", str(args.users), "--feed-len", str(args.feed_len)] + args.server_arg
+    base_args = ["--users", str(args.users), "--feed-len", str(args.feed_len)]
     if args.cpus:
-        sf_args += ["--cpus", args.cpus]
+        base_args += ["--cpus", args.cpus]
+    sf_args = base_args + args.server_arg
     def group(shards):
         group = [Shardfeed(binary, shards, sf_args)]
         if args.against:
-            group.append(Shardfeed(args.against, shards, sf_args, label="against"))
+            group.append(Shardfeed(args.against, shards, base_args + args.against_arg, label="against"))
         if baselines:
             group.append(Nginx(shards))
         return group
