@@ -55,6 +55,14 @@ fn main() {
         );
         black_box(&out);
     });
+    let ten: Vec<u32> = (0..10).map(|i| 1_000_000 + i * 7919).collect();
+    bench("feed::prefix_hash (10 items)", 10_000_000, |i| {
+        black_box(shardfeed::feed::prefix_hash(
+            black_box(i as u32),
+            20,
+            black_box(&ten),
+        ));
+    });
     bench("shard::owner_of", 50_000_000, |i| {
         black_box(owner_of(black_box(i as u32), 2));
     });
@@ -99,17 +107,19 @@ fn main() {
     );
     let pool = load::top_items(&load::count_items(builder.items(), 1_000_000), 50);
     let mut store = builder.build(Pool::new(pool));
-    let mut page = Vec::with_capacity(100);
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    bench(
-        "Store::next_page (size 10, random of 1M users)",
-        2_000_000,
-        |_| {
+    let next_page = |store: &mut shardfeed::feed::Store, name: &str| {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut page = Vec::with_capacity(100);
+        bench(name, 2_000_000, |_| {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let user = 1 + (rng % 1_000_000) as u32;
             black_box(store.next_page(user, 10, &mut page).ok());
-        },
-    );
+            black_box(store.take_advanced());
+        })
+    };
+    next_page(&mut store, "Store::next_page (size 10, random of 1M users)");
+    store.journal_progress();
+    next_page(&mut store, "  the same, journaled (prefix hash, progress)");
 }

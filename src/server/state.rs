@@ -53,6 +53,9 @@ pub(super) fn restore(
             lock: None,
         };
     };
+    for store in stores.iter_mut() {
+        store.journal_progress();
+    }
     let parts = recovery.partition(shards, |user| owner_of(user, shards).0);
     let read = recovery.report.took;
     let results: Vec<(Tally, Duration)> = std::thread::scope(|scope| {
