@@ -11,6 +11,11 @@
 //!
 //! Environment: JOURNAL_BENCH_USERS [5000000], JOURNAL_BENCH_TAIL
 //! [3000000], JOURNAL_BENCH_DIR [a new directory under /tmp].
+//!
+//! JOURNAL_BENCH_STATE=DIR only builds such a state directory in DIR, for
+//! the synthetic users `serve --users JOURNAL_BENCH_USERS` loads (ids from
+//! 1, the synthetic data's version), and keeps it: for timing a real
+//! restart (`serve --users N --state-dir DIR` until `listening on`).
 
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -29,12 +34,12 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn progress(user: u32, served: u32) -> Progress {
+fn progress(user: u32, served: u32, version: u64) -> Progress {
     Progress {
         user,
         served,
-        version: 0x5eed,
-        prefix: shardfeed::hash::mix64(user as u64 ^ served as u64),
+        version,
+        prefix: shardfeed::hash::mix64(user as u64 ^ served as u64) & 0xffff_ffff,
     }
 }
 
@@ -53,11 +58,13 @@ fn header(kind: FileKind, shard: u32, seq: u64, first_lsn: u64) -> FileHeader {
 }
 
 /// Writes the state directory; returns its size in bytes.
-fn build(dir: &Path, users: u64, tail: u64) -> u64 {
+/// Writes the state directory for users `first..first + users` of feed
+/// `version`; returns its size in bytes.
+fn build(dir: &Path, first: u32, users: u64, tail: u64, version: u64) -> u64 {
     let mut bytes = 0;
     let mut per_shard: [Vec<Progress>; 2] = [Vec::new(), Vec::new()];
-    for u in 0..users as u32 {
-        per_shard[owner_of(u, 2).0].push(progress(u, u % 200));
+    for u in first..first + users as u32 {
+        per_shard[owner_of(u, 2).0].push(progress(u, u % 190, version));
     }
     let mut rng = 0x1234u64;
     for (shard, entries) in per_shard.iter().enumerate() {
@@ -76,7 +83,7 @@ fn build(dir: &Path, users: u64, tail: u64) -> u64 {
             .map(|i| {
                 rng = shardfeed::hash::mix64(rng);
                 let e = entries[(rng % entries.len() as u64) as usize];
-                progress(e.user, e.served + 1 + (i % 7) as u32)
+                progress(e.user, e.served + 1 + (i % 7) as u32, version)
             })
             .collect();
         let per_segment = 1_000_000usize;
@@ -118,7 +125,7 @@ fn bench_recovery() {
     let tmp = tmp.unwrap();
     let dir = tmp.path();
     let t = Instant::now();
-    let bytes = build(dir, users, tail);
+    let bytes = build(dir, 0, users, tail, 0x5eed);
     println!(
         "recovery: {users} users in checkpoints + {tail} journal records, 2 shards: {:.1} MB on disk (built in {:.1} s)",
         bytes as f64 / 1e6,
@@ -169,7 +176,7 @@ fn bench_writer() {
             let n = 200_000u32;
             let t = Instant::now();
             for i in 0..n {
-                j.append(progress(i, i));
+                j.append(progress(i, i, 0x5eed));
             }
             let per = t.elapsed().as_nanos() as f64 / n as f64;
             j.close().await.unwrap();
@@ -184,7 +191,7 @@ fn bench_writer() {
 
             // A checkpoint of 2.5M users (one shard of 5M), fed in chunks of
             // 4096 with a yield between them, as the shard would.
-            let users: Vec<Progress> = (0..2_500_000u32).map(|u| progress(u, u % 200)).collect();
+            let users: Vec<Progress> = (0..2_500_000u32).map(|u| progress(u, u % 200, 0x5eed)).collect();
             let mut c = cfg.clone();
             c.generation += 100;
             let j = ShardJournal::open(&dir, 0, FsyncPolicy::EverySec, c).await.unwrap();
@@ -220,7 +227,7 @@ fn bench_writer() {
                             let mut lat = Vec::new();
                             while Instant::now() < until {
                                 let t = Instant::now();
-                                j.durable(j.append(progress(w as u32, done as u32))).await.unwrap();
+                                j.durable(j.append(progress(w as u32, done as u32, 0x5eed))).await.unwrap();
                                 lat.push(t.elapsed().as_micros() as u64);
                                 done += 1;
                             }
@@ -252,6 +259,23 @@ fn bench_writer() {
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if let Ok(dir) = std::env::var("JOURNAL_BENCH_STATE") {
+        let users = env("JOURNAL_BENCH_USERS", 5_000_000);
+        let tail = env("JOURNAL_BENCH_TAIL", 3_000_000);
+        let spec = shardfeed::synthetic::Synthetic {
+            users: users as u32,
+            feed_len: 200,
+            items: 10_000_000,
+            seed: 42,
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = build(Path::new(&dir), 1, users, tail, spec.version());
+        println!(
+            "state for `serve --users {users}`: {users} users + {tail} records, {:.1} MB in {dir}",
+            bytes as f64 / 1e6
+        );
         return;
     }
     bench_recovery();
