@@ -56,8 +56,15 @@ impl LatencyArgs {
     pub fn run(&self) -> Result<(), String> {
         let bytes = std::fs::read(&self.log)
             .map_err(|e| format!("cannot read {}: {e}", self.log.display()))?;
-        let intervals =
-            histlog::read_log(&bytes).map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let log =
+            histlog::read_log_lines(&bytes).map_err(|e| format!("{}: {e}", self.log.display()))?;
+        if let Some(line) = log.cut_line {
+            eprintln!(
+                "shardfeed: {}: line {line} is cut short (the server was stopped while writing it): left out",
+                self.log.display()
+            );
+        }
+        let intervals = log.intervals;
         let mut per_tag: Vec<(String, hdrhistogram::Histogram<u64>)> = Vec::new();
         for interval in intervals {
             let tag = interval.tag.unwrap_or_else(|| "untagged".into());
