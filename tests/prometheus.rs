@@ -184,7 +184,7 @@ fn dashboard_queries_return_data_from_a_real_prometheus_scraping_shardfeed() {
                 // to the end of their 20 items.
                 let user = 1 + (n.wrapping_mul(2_654_435_761) % 2500);
                 assert_eq!(c.get(&format!("/feed/{user}?size=5")).status, 200);
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     c = Client::connect(public);
                     std::thread::sleep(Duration::from_millis(2));
                 }
