@@ -120,7 +120,7 @@ impl SyntheticArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on: IP:PORT, [IPv6]:PORT, HOST:PORT (resolved once,
+    /// Address to listen on: IP:PORT (IPv6 in brackets), HOST:PORT (resolved once,
     /// first address), or :PORT / PORT for all interfaces. Port 0 picks a free
     /// port shared by all shards.
     #[arg(long, default_value = "0.0.0.0:8080", value_parser = parse_listen)]

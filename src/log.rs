@@ -2,7 +2,7 @@
 //! timestamp (millisecond precision) and `shardfeed:`, and is written with
 //! one `write` so that lines from different threads never interleave.
 //!
-//! [`log_line!`] writes a line; [`log_limited!`] writes at most one line per
+//! [`log_line!`](crate::log_line) writes a line; [`log_limited!`](crate::log_limited) writes at most one line per
 //! period from its call site and says how many it held back, so that an
 //! error repeating thousands of times a second (an `accept` failing for
 //! want of descriptors) cannot flood the log. Neither is for the request
@@ -21,7 +21,7 @@ macro_rules! log_line {
     };
 }
 
-/// As [`log_line!`], but at most once per `$every` (a [`Duration`]) from
+/// As [`log_line!`](crate::log_line), but at most once per `$every` (a [`Duration`]) from
 /// this call site, whichever thread calls; the next line written says how
 /// many were held back meanwhile.
 #[macro_export]

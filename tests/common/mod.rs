@@ -450,3 +450,14 @@ pub fn request(addr: SocketAddr, raw: &str) -> Response {
     c.send(raw.as_bytes());
     c.response()
 }
+
+/// Says loudly (past the test harness's capture) that `test` was skipped
+/// for want of a component, or fails if `SHARDFEED_REQUIRE_COMPONENTS` is
+/// set (as `scripts/test` and `.ci/run` do, having installed them).
+pub fn skipped(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("SHARDFEED_REQUIRE_COMPONENTS").is_none(),
+        "{test}: {why}, and SHARDFEED_REQUIRE_COMPONENTS is set"
+    );
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***\n");
+}
