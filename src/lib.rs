@@ -23,7 +23,9 @@
 //!
 //! Around the path:
 //! - [`server`]: start-up (bind, load, one executor per shard), supervision,
-//!   shutdown; [`server::start`] is the seam that tests run servers through.
+//!   drain and shutdown; [`server::start`] is the seam that tests run
+//!   servers through. `server/loading.rs` answers `503 loading` on the
+//!   bound ports while the feeds load.
 //! - [`load`]: feed and fallback files into stores, in parallel per shard;
 //!   [`synthetic`]: the embedded default data set.
 //! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics`
