@@ -11,6 +11,7 @@
                                              # A B A B against another build
     scripts/bench.sh --quick --no-baselines --against target/release/shardfeed \
         --server-arg=--state-dir --server-arg={tmp}   # with a journal against without
+    scripts/bench.sh --quick --rounds 3 --jwt  # the cost of --jwt-secret (see below)
 
 Each round starts every server afresh, in turn (A B C D, A B C D, ...), so
 that the noisy machine drifts alike over all of them:
@@ -31,6 +32,15 @@ shares the machine with the servers.
 wrk is closed-loop: its latencies omit the queueing a client at a fixed rate
 would see. --open-loop RATE uses oha instead (`-q RATE --latency-correction`,
 cargo install oha --locked), sending RATE requests/s whatever the answers do.
+
+--jwt measures what --jwt-secret costs: four shardfeed servers in turn, each
+round, all with the same shard count and no baselines: without tokens and
+random users; with --jwt-secret and a token per request for a random user
+(every request pays the full check: base64, JSON, HMAC-SHA256); with
+--jwt-secret and one user per wrk thread (every connection repeats one token:
+checked once per connection, then only `exp`); and that last load without
+tokens. Tokens are minted here (HS256) for up to 100,000 users
+(scripts/jwt_users.lua).
 
 --record saves the commands, versions, CPU, raw wrk output and summary under
 benches/runs/<date>-<host>/<profile>-<time>/.
@@ -120,10 +130,12 @@ def free_port():
 
 
 class Shardfeed:
-    def __init__(self, binary, shards, args, label="shardfeed"):
+    def __init__(self, binary, shards, args, label="shardfeed", lua=None, env=None):
         self.name = f"{label}-{shards}"
         self.command = [binary, "serve", "--listen", "127.0.0.1:0", "--shards", str(shards)] + args
         self.proc = None
+        self.lua = lua or LUA
+        self.env = env or {}
 
     def start(self):
         # `{tmp}` in a flag is a fresh directory for every start (e.g.
@@ -269,7 +281,8 @@ def run_one(server, wrk_args, env, hz, load=None):
         if load:
             cmd = oha_command(load, addr, env.get("BENCH_PATH"), load["urls_file"])
         else:
-            cmd = ["wrk"] + wrk_args + ["-s", LUA, f"http://{addr}"]
+            cmd = ["wrk"] + wrk_args + ["-s", getattr(server, "lua", LUA), f"http://{addr}"]
+            env = dict(env, **getattr(server, "env", {}))
         before, ipis_before = cpu_ticks(pids), ipis()
         wrk = subprocess.run(cmd, capture_output=True, text=True, env=env)
         after, ipis_after = cpu_ticks(pids), ipis()
@@ -280,6 +293,36 @@ def run_one(server, wrk_args, env, hz, load=None):
         return result, wrk.stdout + wrk.stderr, cmd
     finally:
         server.stop()
+
+
+def jwt_servers(binary, args, sf_args):
+    """Four shardfeeds for --jwt: (tokens?, which users) x with/without --jwt-secret."""
+    import base64, hashlib, hmac, random
+    work = tempfile.mkdtemp(prefix="bench-jwt-")
+    secret = b"bench secret of the gateway"
+    secret_file = os.path.join(work, "jwt.secret")
+    with open(secret_file, "wb") as f:
+        f.write(secret)
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    exp = int(time.time()) + 86400
+    tokens = os.path.join(work, "tokens.txt")
+    rng = random.Random(42)
+    with open(tokens, "w") as f:
+        for user in rng.sample(range(1, args.users + 1), min(args.users, 100_000)):
+            claims = b64(f'{{"sub":"{user}","exp":{exp}}}'.encode())
+            signed = f"{header}.{claims}"
+            sig = b64(hmac.new(secret, signed.encode(), hashlib.sha256).digest())
+            f.write(f"{user} {signed}.{sig}\n")
+    lua = os.path.join(ROOT, "scripts", "jwt_users.lua")
+    jwt = sf_args + ["--jwt-secret", secret_file]
+    env = lambda pick, auth: {"SHARDFEED_TOKENS": tokens, "SHARDFEED_PICK": pick, "SHARDFEED_AUTH": auth}
+    return [
+        Shardfeed(binary, args.shards, sf_args, "plain-random", lua, env("random", "0")),
+        Shardfeed(binary, args.shards, jwt, "jwt-random", lua, env("random", "1")),
+        Shardfeed(binary, args.shards, jwt, "jwt-repeat", lua, env("thread", "1")),
+        Shardfeed(binary, args.shards, sf_args, "plain-repeat", lua, env("thread", "0")),
+    ]
 
 
 def median(runs, key):
@@ -342,6 +385,7 @@ def main():
                    help="extra flag for the --against runs only (--server-arg is for this binary's runs only); write --against-arg=--flag")
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for shardfeed serve; write --server-arg=--flag")
     p.add_argument("--record", action="store_true", help="save a record under benches/runs/")
+    p.add_argument("--jwt", action="store_true", help="the cost of --jwt-secret: with and without tokens")
     args = p.parse_args()
     profile = args.profile or ("open-loop" if args.open_loop else "reference")
     wrk = dict(PROFILES.get(profile, dict(threads=1, conns=16, duration="10s")))
@@ -378,6 +422,8 @@ def main():
     servers = group(args.shards)
     if (baselines or args.against) and args.shards > 1:
         servers += group(1)
+    if args.jwt:
+        servers = jwt_servers(binary, args, sf_args)
     wrk_args = ["-t", str(wrk["threads"]), "-c", str(wrk["conns"]), "-d", wrk["duration"], "--latency"]
     env = dict(os.environ, SHARDFEED_USERS=str(args.users), SHARDFEED_SIZE=str(args.size))
     hz = os.sysconf("SC_CLK_TCK")
@@ -430,6 +476,13 @@ def main():
     a, b = summary["servers"].get(f"shardfeed-{args.shards}"), summary["servers"].get("shardfeed-1")
     if a and b and args.shards > 1:
         ratios.append(f"shardfeed-{args.shards} / shardfeed-1: requests/s {a['rps'] / b['rps']:.2f}x, CPU per request {a['cpu_us_per_request'] / b['cpu_us_per_request']:.2f}x")
+    if args.jwt:
+        for with_jwt, without in (("jwt-random", "plain-random"), ("jwt-repeat", "plain-repeat")):
+            a, b = summary["servers"].get(f"{with_jwt}-{args.shards}"), summary["servers"].get(f"{without}-{args.shards}")
+            if a and b:
+                extra = a["cpu_us_per_request"] - b["cpu_us_per_request"]
+                ratios.append(f"{with_jwt} / {without}: CPU per request {a['cpu_us_per_request'] / b['cpu_us_per_request']:.2f}x"
+                              f" ({extra:+.2f} us), requests/s {a['rps'] / b['rps']:.2f}x")
     text = "\n".join(lines + [""] + ratios) + "\n"
     print()
     print(text, end="")

@@ -1,7 +1,7 @@
 //! The command line: its subcommands and flags, checked into the
 //! configurations that the rest of the crate runs on.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,8 +57,15 @@ impl LatencyArgs {
     pub fn run(&self) -> Result<(), String> {
         let bytes = std::fs::read(&self.log)
             .map_err(|e| format!("cannot read {}: {e}", self.log.display()))?;
-        let intervals =
-            histlog::read_log(&bytes).map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let log =
+            histlog::read_log_lines(&bytes).map_err(|e| format!("{}: {e}", self.log.display()))?;
+        if let Some(line) = log.cut_line {
+            eprintln!(
+                "shardfeed: {}: line {line} is cut short (the server was stopped while writing it): left out",
+                self.log.display()
+            );
+        }
+        let intervals = log.intervals;
         let mut per_tag: Vec<(String, hdrhistogram::Histogram<u64>)> = Vec::new();
         for interval in intervals {
             let tag = interval.tag.unwrap_or_else(|| "untagged".into());
@@ -114,9 +121,26 @@ impl SyntheticArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port shared by all shards.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// Address to listen on: IP:PORT (IPv6 in brackets), HOST:PORT (resolved once,
+    /// first address), or :PORT / PORT for all interfaces. Port 0 picks a free
+    /// port shared by all shards.
+    #[arg(long, default_value = "0.0.0.0:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
+    /// Serve /metrics, /stats and /healthz on this address (same forms as
+    /// --listen) instead of the public port, which then serves /feed and
+    /// /healthz only [default: off, all on --listen].
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub admin_listen: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT, keep serving this long with /healthz at 503
+    /// draining (so that load balancers take the instance out), then stop.
+    #[arg(long, value_name = "D", default_value = "0s", value_parser = parse_drain)]
+    pub drain: Duration,
+    /// Require `Authorization: Bearer <JWT>` on /feed/{id}: HS256, signed
+    /// with this file's secret (its bytes without a final newline), `sub` the
+    /// user id, `exp` in the future. 401/403 otherwise [default: off, the port
+    /// trusts its network].
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret: Option<PathBuf>,
     /// Number of shards (one pinned executor each) [default: all available CPUs].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -237,6 +261,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// `--drain`: a duration, or 0.
+fn parse_drain(s: &str) -> Result<Duration, String> {
+    match s.trim_end_matches(|c: char| c.is_ascii_alphabetic()) {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
+
+/// `--listen`: `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` (resolved now; the
+/// first address is used, as with most servers), `:PORT` or `PORT` (all
+/// IPv4 interfaces).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let forms = "use IP:PORT, [IPv6]:PORT, HOST:PORT, :PORT or PORT (e.g. 127.0.0.1:8080, \
+                 localhost:8080, :8080)";
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("`{s}` has no port: {forms}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("`{port}` is not a port number (0-65535): {forms}"));
+    }
+    if host.is_empty() || host.contains(':') {
+        return Err(format!("`{s}` is not an address: {forms}"));
+    }
+    let mut addrs =
+        (s.to_socket_addrs()).map_err(|e| format!("cannot resolve `{host}`: {e}: {forms}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("`{host}` resolves to no address: {forms}"))
+}
+
 impl ServeArgs {
     pub fn config(&self) -> Result<ServeConfig, String> {
         let cpus = host::choose_cpus(self.cpus.as_deref(), self.shards, &host::available_cpus())?;
@@ -275,8 +336,17 @@ impl ServeArgs {
             Some(path) => Source::File(path.clone()),
             None => Source::Synthetic(self.synthetic.spec()?),
         };
+        if self
+            .admin_listen
+            .is_some_and(|a| a == self.listen && a.port() != 0)
+        {
+            return Err("--admin-listen must differ from --listen".into());
+        }
         Ok(ServeConfig {
             listen: self.listen,
+            admin_listen: self.admin_listen,
+            drain: self.drain,
+            jwt_secret: self.jwt_secret.clone(),
             cpus,
             feeds: Feeds {
                 source,
@@ -359,6 +429,32 @@ mod tests {
         assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
         for bad in ["", "0s", "-1s", "1h", "abc", "1 s", "nan"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_drain("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_drain("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_drain("15s").unwrap(), Duration::from_secs(15));
+        assert!(parse_drain("-1s").is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let ok = |s: &str| parse_listen(s).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(ok("[::1]:8080"), "[::1]:8080");
+        assert_eq!(ok(":8080"), "0.0.0.0:8080");
+        assert_eq!(ok("8080"), "0.0.0.0:8080");
+        assert!(parse_listen("localhost:8080").unwrap().ip().is_loopback());
+        for (bad, says) in [
+            ("nowhere", "has no port"),
+            ("localhost:http", "not a port number"),
+            ("host:99999", "not a port number"),
+            (
+                "no-such-host.invalid:80",
+                "cannot resolve `no-such-host.invalid`",
+            ),
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains("HOST:PORT"), "{bad}: {e}");
         }
     }
 }

@@ -19,7 +19,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::http::{self, Framing, HttpError, Limits, Persist};
-use crate::session::Session;
+use crate::session::{Endpoint, Session};
 use crate::shard::Shard;
 use crate::watchdog::{Expired, Phase, Registration};
 
@@ -48,12 +48,13 @@ pub struct ConnLimits {
     pub max_unsent: usize,
 }
 
-/// Takes a newly accepted connection: registers it with the shard's
-/// watchdog at once (so that the connection limit counts it), then serves it
-/// in its own task, or answers `503` if the shard is full.
+/// Takes a newly accepted connection of `endpoint`: registers it with the
+/// shard's watchdog at once (so that the connection limit counts it), then
+/// serves it in its own task, or answers `503` if the shard is full.
 pub fn accept(
     stream: TcpStream,
     shard: &Rc<Shard>,
+    endpoint: &Rc<Endpoint>,
     limits: ConnLimits,
     gate: &glommio::sync::Gate,
 ) {
@@ -61,7 +62,8 @@ pub fn accept(
     let task = if registry.open() < limits.max_connections {
         shard.metrics.borrow_mut().counters.connections_accepted += 1;
         let watch = registry.register(stream.as_raw_fd(), Instant::now() + limits.idle_timeout);
-        let session = Session::new(
+        let session = Session::on(
+            endpoint.clone(),
             shard.clone(),
             limits.http,
             limits.max_pipeline,

@@ -9,9 +9,10 @@ pub enum Kind {
     Counter,
     /// A level, read when the snapshot is taken: goes up and down.
     Gauge,
-    /// A running total of answered requests of one status class (`"2xx"`...).
-    /// A run of `Status` fields splits one quantity by class.
-    Status(&'static str),
+    /// A running total of answered requests of one route (`"feed"`,
+    /// `"other"`) and status class (`"2xx"`...). A run of `Status` fields
+    /// splits one quantity by route and class.
+    Status(&'static str, &'static str),
 }
 
 /// One field of a `counters!` struct.
@@ -45,7 +46,7 @@ macro_rules! counters {
             $(
                 #[doc = $help:literal]
                 $(#[doc = $doc:literal])*
-                $field:ident: $kind:ident $(($arg:literal))?,
+                $field:ident: $kind:ident $(($($arg:literal),+))?,
             )+
         }
     ) => {
@@ -64,7 +65,7 @@ macro_rules! counters {
                 $crate::counters::Field {
                     name: stringify!($field),
                     help: $help.trim_ascii(),
-                    kind: $crate::counters::Kind::$kind $(($arg))?,
+                    kind: $crate::counters::Kind::$kind $(($($arg),+))?,
                     get: |c: &$name| c.$field,
                 },
             )+];

@@ -223,6 +223,11 @@ impl Store {
         self.items.len()
     }
 
+    /// Items in the fallback pool.
+    pub fn pool_len(&self) -> usize {
+        self.pool.items.len()
+    }
+
     pub fn counters(&self) -> StoreCounters {
         self.counters
     }

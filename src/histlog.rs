@@ -6,10 +6,16 @@
 //!
 //! Shards never touch the file: they send their interval histograms to one
 //! writer thread, so file I/O never runs on a shard's core.
+//!
+//! Every interval reaches the file as it is written (one line, one
+//! `write`): a `kill -9` loses at most the interval being written, and the
+//! reader ([`read_log`]) ignores a last line cut short. An existing log is
+//! never truncated: it is renamed to `FILE.<its mtime>` (`latency.hlog.
+//! 20261201T222100Z`) and a new one started.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::io::{self, LineWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -36,10 +42,20 @@ pub struct HistogramLog {
 }
 
 impl HistogramLog {
-    /// Creates the file now (so that a bad path fails start-up) and starts
-    /// the writer thread.
+    /// Creates the file now (so that a bad path fails start-up), keeping a
+    /// previous log under another name, and starts the writer thread.
     pub fn create(path: &Path, base: SystemTime) -> Result<HistogramLog, String> {
-        let file = File::create(path)
+        if let Some(kept) = keep_previous(path)? {
+            crate::log_line!(
+                "histogram log: the previous {} is kept as {}",
+                path.display(),
+                kept.display()
+            );
+        }
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
             .map_err(|e| format!("cannot create the histogram log {}: {e}", path.display()))?;
         let (sender, intervals) = mpsc::channel::<Interval>();
         let path = path.to_owned();
@@ -71,7 +87,8 @@ fn write_log(
     intervals: mpsc::Receiver<Interval>,
 ) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("histogram log {}: {e}", path.display());
-    let mut out = BufWriter::new(file);
+    // Each line (an interval) is written whole as soon as it ends.
+    let mut out = LineWriter::new(file);
     let mut serializer = V2DeflateSerializer::new();
     let mut log = IntervalLogWriterBuilder::new()
         .add_comment("shardfeed request service time per shard, in microseconds")
@@ -102,6 +119,40 @@ fn write_log(
     out.flush().map_err(|e| err(&e))
 }
 
+/// Renames an existing, non-empty log at `path` to `path.<mtime>` (with
+/// `.1`, `.2`... if that is taken); returns the new name.
+fn keep_previous(path: &Path) -> Result<Option<PathBuf>, String> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(None);
+    };
+    if meta.len() == 0 && meta.is_file() {
+        let _ = std::fs::remove_file(path);
+        return Ok(None);
+    }
+    let stamp = crate::log::rfc3339(meta.modified().unwrap_or_else(|_| SystemTime::now()));
+    // 2026-12-01T22:21:00.123Z -> 20261201T222100Z
+    let stamp: String = stamp[..19]
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let base = format!("{}.{stamp}Z", path.display());
+    let mut kept = PathBuf::from(&base);
+    for n in 1.. {
+        if !kept.exists() {
+            break;
+        }
+        kept = PathBuf::from(format!("{base}.{n}"));
+    }
+    std::fs::rename(path, &kept).map_err(|e| {
+        format!(
+            "cannot keep the previous histogram log {} as {}: {e}",
+            path.display(),
+            kept.display()
+        )
+    })?;
+    Ok(Some(kept))
+}
+
 /// One tagged histogram read back from a log.
 pub struct LoggedInterval {
     pub tag: Option<String>,
@@ -109,30 +160,65 @@ pub struct LoggedInterval {
     pub histogram: Histogram<u64>,
 }
 
-/// Reads every histogram of an interval log.
+/// What [`read_log_lines`] read.
+pub struct ReadLog {
+    pub intervals: Vec<LoggedInterval>,
+    /// The line number of a last line cut short (the writer was killed in
+    /// the middle of it), which was left out.
+    pub cut_line: Option<usize>,
+}
+
+/// Reads every histogram of an interval log, leaving out a last line cut
+/// short.
 pub fn read_log(bytes: &[u8]) -> Result<Vec<LoggedInterval>, String> {
+    read_log_lines(bytes).map(|log| log.intervals)
+}
+
+/// Reads every histogram of an interval log, line by line: an error names
+/// its line (`line 7: ...`); a last line without its line ending that does
+/// not parse is left out and reported in [`ReadLog::cut_line`].
+pub fn read_log_lines(bytes: &[u8]) -> Result<ReadLog, String> {
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
     use hdrhistogram::serialization::Deserializer;
     let mut deserializer = Deserializer::new();
-    let mut out = Vec::new();
-    for entry in IntervalLogIterator::new(bytes) {
-        let entry = entry.map_err(|e| format!("malformed histogram log: {e:?}"))?;
-        if let LogEntry::Interval(h) = entry {
-            use base64::Engine;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(h.encoded_histogram())
-                .map_err(|e| format!("malformed histogram log: {e}"))?;
-            let histogram: Histogram<u64> = deserializer
-                .deserialize(&mut io::Cursor::new(raw))
-                .map_err(|e| format!("malformed histogram in the log: {e:?}"))?;
-            out.push(LoggedInterval {
-                tag: h.tag().map(|t| t.as_str().to_string()),
-                start: h.start_timestamp(),
-                histogram,
-            });
+    let mut log = ReadLog {
+        intervals: Vec::new(),
+        cut_line: None,
+    };
+    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        let no = i + 1;
+        let last_cut = i + 1 == lines.len() && !line.ends_with(b"\n");
+        let mut read_one = || -> Result<Option<LoggedInterval>, String> {
+            let mut found = None;
+            for entry in IntervalLogIterator::new(line) {
+                let entry = entry.map_err(|e| format!("not a histogram log line ({e:?})"))?;
+                let LogEntry::Interval(h) = entry else {
+                    continue;
+                };
+                use base64::Engine;
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(h.encoded_histogram())
+                    .map_err(|e| format!("the histogram is not base64: {e}"))?;
+                let histogram: Histogram<u64> = deserializer
+                    .deserialize(&mut io::Cursor::new(raw))
+                    .map_err(|e| format!("the histogram does not decode: {e:?}"))?;
+                found = Some(LoggedInterval {
+                    tag: h.tag().map(|t| t.as_str().to_string()),
+                    start: h.start_timestamp(),
+                    histogram,
+                });
+            }
+            Ok(found)
+        };
+        match read_one() {
+            Ok(Some(interval)) => log.intervals.push(interval),
+            Ok(None) => {}
+            Err(_) if last_cut => log.cut_line = Some(no),
+            Err(e) => return Err(format!("line {no}: {e}")),
         }
     }
-    Ok(out)
+    Ok(log)
 }
 
 #[cfg(test)]
@@ -178,6 +264,84 @@ mod tests {
             assert_eq!(got.start, Duration::from_secs(i as u64));
             assert_eq!(&got.histogram, want);
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn one_interval_log(path: &Path, value: u64) {
+        let base = SystemTime::now();
+        let log = HistogramLog::create(path, base).unwrap();
+        let mut h = new_histogram();
+        h.record(value).unwrap();
+        log.sender()
+            .send(Interval {
+                shard: ShardId(0),
+                start: base,
+                end: base + Duration::from_secs(1),
+                histogram: h,
+            })
+            .unwrap();
+        log.finish().unwrap();
+    }
+
+    /// A restart used to truncate the previous run's log.
+    #[test]
+    fn a_new_log_keeps_the_previous_one() {
+        let dir = std::env::temp_dir().join(format!("shardfeed-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("latency.hlog");
+        one_interval_log(&path, 11);
+        one_interval_log(&path, 22);
+        one_interval_log(&path, 33);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        let mut maxes: Vec<u64> = names
+            .iter()
+            .map(|n| {
+                read_log(&std::fs::read(dir.join(n)).unwrap()).unwrap()[0]
+                    .histogram
+                    .max()
+            })
+            .collect();
+        maxes.sort();
+        assert_eq!(maxes, [11, 22, 33]);
+        assert!(names.contains(&"latency.hlog".to_string()));
+        assert!(names.iter().all(|n| n.starts_with("latency.hlog")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A cut last line made `shardfeed latency` fail with a raw debug error.
+    #[test]
+    fn a_cut_last_line_is_left_out_and_errors_name_their_line() {
+        let dir = std::env::temp_dir().join(format!("shardfeed-cut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("latency.hlog");
+        one_interval_log(&path, 11);
+        let whole = std::fs::read(&path).unwrap();
+        let lines = whole
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let mut doubled = whole.clone();
+        let last = whole[..whole.len() - 1]
+            .rsplit(|&b| b == b'\n')
+            .next()
+            .unwrap();
+        doubled.extend_from_slice(&last[..last.len() / 2]);
+        let read = read_log_lines(&doubled).unwrap();
+        assert_eq!(read.intervals.len(), 1);
+        assert_eq!(read.cut_line, Some(lines + 1));
+        let mut broken = whole.clone();
+        broken.extend_from_slice(b"garbage,here\n");
+        broken.extend_from_slice(last);
+        broken.push(b'\n');
+        let err = read_log_lines(&broken).err().unwrap();
+        assert!(err.starts_with(&format!("line {}: ", lines + 1)), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

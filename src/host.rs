@@ -152,6 +152,44 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// The open-files soft limit, if there is one.
+pub fn nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Descriptors a server needs besides its connections: listeners, io_uring
+/// rings, eventfds, the feed files.
+const NOFILE_RESERVE: u64 = 64;
+
+/// A warning if `max_connections` per shard over `shards` shards cannot all
+/// be open under the open-files limit (each connection is a descriptor).
+pub fn nofile_warning(max_connections: usize, shards: usize) -> Option<String> {
+    nofile_shortfall(max_connections, shards, nofile_limit()?)
+}
+
+fn nofile_shortfall(max_connections: usize, shards: usize, limit: u64) -> Option<String> {
+    let wanted = (max_connections as u64).saturating_mul(shards as u64);
+    if wanted.saturating_add(NOFILE_RESERVE) <= limit {
+        return None;
+    }
+    Some(format!(
+        "--max-connections {max_connections} x {shards} shards = {wanted} connections, but the \
+         open-files limit is {limit}: connections beyond it fail to be accepted. Raise the limit \
+         (`ulimit -n`, systemd LimitNOFILE) or lower --max-connections to at most {}",
+        limit.saturating_sub(NOFILE_RESERVE) / shards.max(1) as u64
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +202,20 @@ mod tests {
         for bad in ["", "a", "3-1", "1,", "-1", "1-2-3"] {
             assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn nofile_shortfalls() {
+        assert_eq!(nofile_shortfall(10_000, 2, 1 << 20), None);
+        let w = nofile_shortfall(60, 2, 48).unwrap();
+        assert!(
+            w.contains("60 x 2 shards = 120 connections") && w.contains("is 48"),
+            "{w}"
+        );
+        assert!(
+            nofile_shortfall(10_000, 2, 20_000).is_some(),
+            "no room for the rest"
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ mod error;
 
 pub use decode::{decode, route};
 pub use encode::{
-    cached_date, encode_body, encode_continue, encode_error, encode_health, encode_options,
-    encode_page, refresh_date, Framing, HttpDate,
+    cached_date, encode_body, encode_continue, encode_error, encode_health, encode_no_content,
+    encode_options, encode_page, refresh_date, Framing, HttpDate,
 };
 pub use error::{HttpError, IdProblem, SizeProblem};
 
@@ -92,6 +92,23 @@ pub struct Request {
     pub persist: Persist,
     /// Bytes of the buffer this request took (head and any body).
     pub len: usize,
+    /// Where the `Authorization` header's value is, from the start of the
+    /// request (the value is not copied).
+    pub authorization: Option<Span>,
+}
+
+/// A range of a request's bytes, from the start of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Span {
+    /// These bytes of `request` (the buffer starting at the request).
+    pub fn of<'b>(&self, request: &'b [u8]) -> &'b [u8] {
+        &request[self.start as usize..][..self.len as usize]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

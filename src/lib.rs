@@ -23,7 +23,9 @@
 //!
 //! Around the path:
 //! - [`server`]: start-up (bind, load, one executor per shard), supervision,
-//!   shutdown; [`server::start`] is the seam that tests run servers through.
+//!   drain and shutdown; [`server::start`] is the seam that tests run
+//!   servers through. `server/loading.rs` answers `503 loading` on the
+//!   bound ports while the feeds load.
 //! - [`journal`]: progress that survives restarts: one journal per shard
 //!   and checkpoints under `--state-dir` (files and bytes; no HTTP, no
 //!   store), and the start-up recovery that reads them.
@@ -31,6 +33,11 @@
 //!   [`synthetic`]: the embedded default data set.
 //! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics`
 //!   and the summary. [`histlog`]: the HdrHistogram interval log.
+//! - [`health`]: the process's health for `/healthz` (loading, serving,
+//!   draining, degraded with a reason); components report problems there.
+//! - [`auth`]: `--jwt-secret`: HS256 bearer tokens for `/feed`, checked
+//!   once per connection and token.
+//! - [`log`]: timestamped, rate-limited log lines on stderr.
 //! - [`watchdog`]: connection deadlines without a timer per request.
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs); [`cli`]:
 //!   the command line.
@@ -52,17 +59,20 @@
 //! [`feed::Unserved`]); start-up code returns a `String` that tells the
 //! operator what to change, printed once by `main`.
 
+pub mod auth;
 pub mod cli;
 pub mod conn;
 pub mod counters;
 pub mod decimal;
 pub mod feed;
 pub mod hash;
+pub mod health;
 pub mod histlog;
 pub mod host;
 pub mod http;
 pub mod journal;
 pub mod load;
+pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -7,11 +7,13 @@
 //! cores; merging snapshots gives the whole-server view.
 
 use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
 use crate::counters::{counters, Field, Kind};
 use crate::feed::StoreCounters;
+use crate::health::{Health, Phase};
 use crate::shard::ShardId;
 
 mod journal;
@@ -27,14 +29,19 @@ pub fn new_histogram() -> Histogram<u64> {
         .expect("valid histogram bounds")
 }
 
-/// How a feed request was served.
+/// What a request was, for its latency and counters: feed requests
+/// (`Local`, `Forwarded`) are kept apart from everything else (`Other`), so
+/// that health checks and scrapes do not dilute the feed's percentiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// This shard owns the user, or the request needed no user (health,
-    /// errors, stats).
+    /// A `/feed/{id}` answered by this shard: it owns the user, or the
+    /// request was refused before any owner was asked (`422`, `401`, ...).
     Local,
-    /// Sent to the owning shard.
+    /// A `/feed/{id}` sent to the owning shard.
     Forwarded,
+    /// Not a feed request: `/healthz`, `/stats`, `/metrics`, `OPTIONS`,
+    /// unknown paths, malformed requests, timeouts.
+    Other,
 }
 
 /// Status class of an answer.
@@ -52,12 +59,18 @@ counters! {
     /// help text, and `/stats` and `/metrics` render [`Counters::FIELDS`].
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
     pub struct Counters {
-        /// Answered requests by status class.
-        requests_2xx: Status("2xx"),
-        /// Answered requests by status class.
-        requests_4xx: Status("4xx"),
-        /// Answered requests by status class.
-        requests_5xx: Status("5xx"),
+        /// Answered requests by route (feed: /feed/{id}; other: health, stats, metrics, errors outside /feed) and status class.
+        requests_2xx: Status("feed", "2xx"),
+        /// Feed requests answered 4xx.
+        requests_4xx: Status("feed", "4xx"),
+        /// Feed requests answered 5xx.
+        requests_5xx: Status("feed", "5xx"),
+        /// Other requests (not /feed) answered 2xx.
+        other_2xx: Status("other", "2xx"),
+        /// Other requests answered 4xx.
+        other_4xx: Status("other", "4xx"),
+        /// Other requests answered 5xx.
+        other_5xx: Status("other", "5xx"),
         /// Requests sent to the shard owning the user.
         forwarded_out: Counter,
         /// Requests received from other shards.
@@ -74,12 +87,24 @@ counters! {
         timed_out_connections: Counter,
         /// Connections open now.
         open_connections: Gauge,
+        /// Users in this shard's store.
+        feed_users: Gauge,
+        /// Personalized items in this shard's store.
+        feed_items: Gauge,
+        /// Items in the fallback pool (every shard holds the whole pool).
+        pool_items: Gauge,
     }
 }
 
 impl Counters {
+    /// Answered feed requests.
     pub fn requests(&self) -> u64 {
         self.requests_2xx + self.requests_4xx + self.requests_5xx
+    }
+
+    /// Answered requests that were not for a feed.
+    pub fn other_requests(&self) -> u64 {
+        self.other_2xx + self.other_4xx + self.other_5xx
     }
 }
 
@@ -88,14 +113,17 @@ pub struct ShardMetrics {
     /// Service time (request parsed -> answer handed to the socket), us.
     pub local: Histogram<u64>,
     pub forwarded: Histogram<u64>,
+    /// Requests that were not for a feed ([`Route::Other`]).
+    pub other: Histogram<u64>,
     /// Forwarded request sent -> its reply received, us.
     pub round_trip: Histogram<u64>,
-    /// All service times since the last histogram-log interval (only when
+    /// Feed service times since the last histogram-log interval (only when
     /// the log is on).
     pub interval: Option<Histogram<u64>>,
     /// Exact sums of recorded service times, us, for Prometheus `_sum`.
     pub local_sum_us: u64,
     pub forwarded_sum_us: u64,
+    pub other_sum_us: u64,
     pub counters: Counters,
 }
 
@@ -104,10 +132,12 @@ impl ShardMetrics {
         ShardMetrics {
             local: new_histogram(),
             forwarded: new_histogram(),
+            other: new_histogram(),
             round_trip: new_histogram(),
             interval: interval_log.then(new_histogram),
             local_sum_us: 0,
             forwarded_sum_us: 0,
+            other_sum_us: 0,
             counters: Counters::default(),
         }
     }
@@ -123,6 +153,17 @@ impl ShardMetrics {
             Route::Forwarded => {
                 self.forwarded.saturating_record(us);
                 self.forwarded_sum_us += us;
+            }
+            Route::Other => {
+                self.other.saturating_record(us);
+                self.other_sum_us += us;
+                let c = &mut self.counters;
+                match class {
+                    Class::Success => c.other_2xx += 1,
+                    Class::ClientError => c.other_4xx += 1,
+                    Class::ServerError => c.other_5xx += 1,
+                }
+                return;
             }
         }
         if let Some(h) = &mut self.interval {
@@ -149,9 +190,11 @@ impl ShardMetrics {
             shard: Some(shard),
             local: self.local.clone(),
             forwarded: self.forwarded.clone(),
+            other: self.other.clone(),
             round_trip: self.round_trip.clone(),
             local_sum_us: self.local_sum_us,
             forwarded_sum_us: self.forwarded_sum_us,
+            other_sum_us: self.other_sum_us,
             counters: self.counters,
             store,
             journal: None,
@@ -166,9 +209,11 @@ pub struct Snapshot {
     pub shard: Option<ShardId>,
     pub local: Histogram<u64>,
     pub forwarded: Histogram<u64>,
+    pub other: Histogram<u64>,
     pub round_trip: Histogram<u64>,
     pub local_sum_us: u64,
     pub forwarded_sum_us: u64,
+    pub other_sum_us: u64,
     pub counters: Counters,
     pub store: StoreCounters,
     /// This shard's journal (`--state-dir`); `None` without one, and in a
@@ -177,7 +222,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every request, local and forwarded.
+    /// Every feed request, local and forwarded.
     pub fn all(&self) -> Histogram<u64> {
         let mut all = self.local.clone();
         all.add(&self.forwarded).expect("same bounds");
@@ -189,9 +234,11 @@ impl Snapshot {
             shard: None,
             local: new_histogram(),
             forwarded: new_histogram(),
+            other: new_histogram(),
             round_trip: new_histogram(),
             local_sum_us: 0,
             forwarded_sum_us: 0,
+            other_sum_us: 0,
             counters: Counters::default(),
             store: StoreCounters::default(),
             journal: None,
@@ -199,9 +246,11 @@ impl Snapshot {
         for s in snapshots {
             merged.local.add(&s.local).expect("same bounds");
             merged.forwarded.add(&s.forwarded).expect("same bounds");
+            merged.other.add(&s.other).expect("same bounds");
             merged.round_trip.add(&s.round_trip).expect("same bounds");
             merged.local_sum_us += s.local_sum_us;
             merged.forwarded_sum_us += s.forwarded_sum_us;
+            merged.other_sum_us += s.other_sum_us;
             merged.counters.add(&s.counters);
             merged.store.add(&s.store);
         }
@@ -241,6 +290,7 @@ fn snapshot_json(out: &mut String, s: &Snapshot) {
         ("local_latency_us", &s.local),
         ("forwarded_latency_us", &s.forwarded),
         ("round_trip_us", &s.round_trip),
+        ("other_latency_us", &s.other),
     ];
     for (i, (name, h)) in latencies.into_iter().enumerate() {
         let _ = write!(out, "{}\"{name}\":", if i == 0 { '{' } else { ',' });
@@ -277,21 +327,53 @@ const BUCKETS_S: [f64; 17] = [
     2.5, 5.0, 10.0,
 ];
 
-/// `/metrics`: Prometheus text exposition format 0.0.4, a `shard` label on
-/// every series.
-pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
+/// What `/metrics` says about the process as a whole (no `shard` label).
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub start_time: SystemTime,
+    /// `/healthz` answers `200`.
+    pub serving: bool,
+    pub degraded: Vec<&'static str>,
+    pub resident_bytes: Option<u64>,
+}
+
+impl Process {
+    /// The process now.
+    pub fn now(health: &Health) -> Process {
+        Process {
+            start_time: health.started(),
+            serving: health.phase() == Phase::Serving && health.degraded().is_empty(),
+            degraded: health.degraded().into_iter().map(|(s, _)| s).collect(),
+            resident_bytes: resident_bytes(),
+        }
+    }
+}
+
+/// Resident memory, from `/proc/self/statm`.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
+/// `/metrics`: Prometheus text exposition format 0.0.4: a `shard` label on
+/// every shard's series, then the process's own.
+pub fn prometheus_text(snapshots: &[Snapshot], process: &Process) -> String {
     let mut out = String::with_capacity(4096 * snapshots.len());
     prometheus_counters(&mut out, snapshots, Counters::FIELDS, |s| &s.counters);
     prometheus_counters(&mut out, snapshots, StoreCounters::FIELDS, |s| &s.store);
     journal::prometheus(&mut out, snapshots);
 
     let name = "request_duration_seconds";
-    let help = "Request service time: parsed to answer handed to the socket.";
+    let help = "Request service time: parsed to answer handed to the socket. route: local and forwarded are /feed requests, other is everything else.";
     family(&mut out, name, help, "histogram");
     for s in snapshots {
         for (route, h, sum_us) in [
             ("local", &s.local, s.local_sum_us),
             ("forwarded", &s.forwarded, s.forwarded_sum_us),
+            ("other", &s.other, s.other_sum_us),
         ] {
             let labels = format!("shard=\"{}\",route=\"{route}\"", shard_id(s));
             prometheus_histogram(&mut out, name, &labels, h, sum_us as f64 / 1e6);
@@ -309,34 +391,66 @@ pub fn prometheus_text(snapshots: &[Snapshot]) -> String {
         let labels = format!("shard=\"{}\"", shard_id(s));
         prometheus_histogram(&mut out, name, &labels, h, sum);
     }
+    prometheus_process(&mut out, process);
     out
+}
+
+/// The process's series: build, start time, memory, health.
+fn prometheus_process(out: &mut String, p: &Process) {
+    let help = "Always 1; the version of the running build.";
+    family(out, "build_info", help, "gauge");
+    let version = env!("CARGO_PKG_VERSION");
+    let _ = writeln!(out, "shardfeed_build_info{{version=\"{version}\"}} 1");
+    let help = "1 while /healthz answers 200 (serving, nothing degraded), else 0.";
+    family(out, "serving", help, "gauge");
+    let _ = writeln!(out, "shardfeed_serving {}", p.serving as u8);
+    let help = "1 for each component that reports a problem (/healthz says degraded).";
+    family(out, "degraded", help, "gauge");
+    for source in &p.degraded {
+        let _ = writeln!(out, "shardfeed_degraded{{source=\"{source}\"}} 1");
+    }
+    let start = p.start_time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP process_start_time_seconds Start time of the process since the epoch, in seconds.\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {:.3}",
+        start.as_secs_f64()
+    );
+    if let Some(rss) = p.resident_bytes {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+        );
+    }
 }
 
 /// One family per counter of a table: `shardfeed_<name>_total` for a
 /// [`Kind::Counter`], `shardfeed_<name>` for a [`Kind::Gauge`]. A run of
 /// [`Kind::Status`] fields is the one family `shardfeed_requests_total`,
-/// labelled `status`, with the first field's help text.
+/// labelled `route` and `status`, with the first field's help text.
 fn prometheus_counters<T>(
     out: &mut String,
     snapshots: &[Snapshot],
     fields: &[Field<T>],
     counters: fn(&Snapshot) -> &T,
 ) {
-    let one_family =
-        |a: &Field<T>, b: &Field<T>| matches!((a.kind, b.kind), (Kind::Status(_), Kind::Status(_)));
+    let one_family = |a: &Field<T>, b: &Field<T>| {
+        matches!((a.kind, b.kind), (Kind::Status(..), Kind::Status(..)))
+    };
     for members in fields.chunk_by(one_family) {
         let first = &members[0];
         let (name, kind) = match first.kind {
             Kind::Counter => (format!("{}_total", first.name), "counter"),
             Kind::Gauge => (first.name.to_string(), "gauge"),
-            Kind::Status(_) => ("requests_total".to_string(), "counter"),
+            Kind::Status(..) => ("requests_total".to_string(), "counter"),
         };
         family(out, &name, first.help, kind);
         for s in snapshots {
             for f in members {
                 let _ = write!(out, "shardfeed_{name}{{shard=\"{}\"", shard_id(s));
-                if let Kind::Status(class) = f.kind {
-                    let _ = write!(out, ",status=\"{class}\"");
+                if let Kind::Status(route, class) = f.kind {
+                    let _ = write!(out, ",route=\"{route}\",status=\"{class}\"");
                 }
                 let _ = writeln!(out, "}} {}", (f.get)(counters(s)));
             }
@@ -508,16 +622,20 @@ mod tests {
         snapshots[1].counters.open_connections = 3;
         snapshots[1].store.fallback_items = 4;
         let json: serde_json::Value = serde_json::from_str(&stats_json(&snapshots)).unwrap();
-        let text = prometheus_text(&snapshots);
+        let text = prometheus_text(&snapshots, &process());
         let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
             .expect("valid exposition text");
         let check = |name: &str, help: &str, kind: Kind, value: &dyn Fn(&Snapshot) -> u64| {
             let (series, status) = match kind {
                 Kind::Counter => (format!("shardfeed_{name}_total"), None),
                 Kind::Gauge => (format!("shardfeed_{name}"), None),
-                Kind::Status(class) => ("shardfeed_requests_total".to_string(), Some(class)),
+                Kind::Status(route, class) => {
+                    ("shardfeed_requests_total".to_string(), Some((route, class)))
+                }
             };
-            assert_eq!(scrape.docs.get(&series[..]).map(|d| &d[..]), Some(help));
+            if status.is_none() || name == "requests_2xx" {
+                assert_eq!(scrape.docs.get(&series[..]).map(|d| &d[..]), Some(help));
+            }
             for (i, s) in snapshots.iter().enumerate() {
                 assert_eq!(json["shards"][i]["stats"][name], value(s), "{name}");
                 let shard = i.to_string();
@@ -525,7 +643,12 @@ mod tests {
                     .samples
                     .iter()
                     .filter(|x| x.metric == series && x.labels.get("shard") == Some(&shard))
-                    .filter(|x| x.labels.get("status") == status)
+                    .filter(|x| {
+                        status.is_none_or(|(route, class)| {
+                            x.labels.get("route") == Some(route)
+                                && x.labels.get("status") == Some(class)
+                        })
+                    })
                     .collect();
                 assert_eq!(found.len(), 1, "{series} {shard} {status:?}");
                 let (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) =
@@ -551,7 +674,7 @@ mod tests {
 
     #[test]
     fn prometheus_buckets_are_cumulative() {
-        let text = prometheus_text(&[shard(0, &[40, 90, 2000], &[])]);
+        let text = prometheus_text(&[shard(0, &[40, 90, 2000], &[])], &process());
         let bucket = |le: &str| -> u64 {
             let key = format!("shardfeed_request_duration_seconds_bucket{{shard=\"0\",route=\"local\",le=\"{le}\"}} ");
             let line = text.lines().find(|l| l.starts_with(&key)).unwrap();
@@ -565,6 +688,57 @@ mod tests {
         assert!(text.contains(
             "shardfeed_request_duration_seconds_sum{shard=\"0\",route=\"local\"} 0.00213"
         ));
+    }
+
+    fn process() -> Process {
+        Process {
+            start_time: UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_250),
+            serving: false,
+            degraded: vec!["journal"],
+            resident_bytes: Some(4096),
+        }
+    }
+
+    #[test]
+    fn other_requests_are_kept_out_of_the_feed() {
+        let mut m = ShardMetrics::new(true);
+        m.record(Route::Local, Class::Success, 10);
+        m.record(Route::Other, Class::Success, 5000);
+        m.record(Route::Other, Class::ClientError, 7000);
+        let s = m.snapshot(ShardId(0), StoreCounters::default());
+        assert_eq!((s.all().len(), s.all().max()), (1, 10));
+        assert_eq!(m.take_interval().unwrap().len(), 1, "the log is the feed's");
+        assert_eq!((s.counters.requests(), s.counters.other_requests()), (1, 2));
+        let text = prometheus_text(&[s], &process());
+        for line in [
+            "shardfeed_requests_total{shard=\"0\",route=\"feed\",status=\"2xx\"} 1",
+            "shardfeed_requests_total{shard=\"0\",route=\"other\",status=\"4xx\"} 1",
+            "shardfeed_request_duration_seconds_count{shard=\"0\",route=\"other\"} 2",
+            "shardfeed_request_duration_seconds_count{shard=\"0\",route=\"local\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn process_series() {
+        let text = prometheus_text(&[], &process());
+        let build = format!(
+            "shardfeed_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        for line in [
+            build.as_str(),
+            "shardfeed_serving 0",
+            "shardfeed_degraded{source=\"journal\"} 1",
+            "process_start_time_seconds 1700000000.250",
+            "process_resident_memory_bytes 4096",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())));
+        assert!(scrape.is_ok());
+        assert!(resident_bytes().unwrap() > 1 << 20);
     }
 
     #[test]

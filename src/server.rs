@@ -1,11 +1,19 @@
 //! Start-up, supervision and shutdown of one server process.
 //!
 //! [`serve`] is the binary's `serve`: check the host, bind, load, [`start`],
-//! announce `listening on`, stop on SIGINT/SIGTERM, print the summary.
-//! [`start`] is the library seam under it: given bound listeners it loads
-//! every shard's users, starts one executor per shard and returns a
-//! [`Running`] server once every shard serves; tests run servers in-process
-//! through it.
+//! announce `listening on` (and `READY=1` to systemd), stop on
+//! SIGINT/SIGTERM, print the summary. [`start`] is the library seam under
+//! it: given bound listeners it loads every shard's users, starts one
+//! executor per shard and returns a [`Running`] server once every shard
+//! serves; tests run servers in-process through it.
+//!
+//! While loading, `server/loading.rs` answers every connection `503`
+//! (`/healthz`: `loading`), and a stop signal ends the process at once:
+//! nothing has been served, so nothing needs finishing.
+//!
+//! The [`Health`] is the process's `/healthz`: loading until every shard
+//! serves, draining from the stop request on (`--drain D`: keep serving
+//! that long, so that load balancers take the instance out, then stop).
 //!
 //! Shutdown ([`StopHandle::stop`], which a signal calls): every shard stops
 //! accepting, closes its idle connections, lets the others finish what they
@@ -17,6 +25,7 @@
 //! once.
 
 mod listen;
+mod loading;
 mod state;
 mod status;
 
@@ -31,11 +40,14 @@ use std::time::{Duration, Instant, SystemTime};
 use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::auth::Verifier;
 use crate::conn::{self, ConnLimits};
+use crate::health::{Health, Phase};
 use crate::histlog::{HistogramLog, Interval};
 use crate::host;
 use crate::load::{self, Feeds};
 use crate::metrics::{self, ShardMetrics, Snapshot};
+use crate::session::{Endpoint, Serves};
 use crate::shard::{self, Shard, ShardId, ShardParts};
 use crate::uring;
 use crate::watchdog::Registry;
@@ -51,6 +63,8 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 /// How often a shard checks its connections' deadlines: timeouts fire up to
 /// this much late.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How often a shard tells the process's health how its journal is.
+const JOURNAL_HEALTH_EVERY: Duration = Duration::from_millis(250);
 /// How often a shard refreshes its cached `Date` header.
 const DATE_EVERY: Duration = Duration::from_millis(500);
 /// A second stop request this soon after the first is the same request.
@@ -59,6 +73,14 @@ pub const STOP_ECHO: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// `--admin-listen`: `/metrics`, `/stats` and `/healthz` there, not on
+    /// the public port.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--drain`: after the stop request, keep serving this long with
+    /// `/healthz` at `503 draining`.
+    pub drain: Duration,
+    /// `--jwt-secret`: `/feed` needs a bearer token signed with it.
+    pub jwt_secret: Option<PathBuf>,
     /// One CPU per shard.
     pub cpus: Vec<usize>,
     pub feeds: Feeds,
@@ -101,6 +123,10 @@ impl StopHandle {
 /// A server whose every shard serves.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The bound `--admin-listen` address.
+    pub admin_addr: Option<SocketAddr>,
+    health: Health,
+    drain: Duration,
     shards: usize,
     events: mpsc::Receiver<Event>,
     handle: StopHandle,
@@ -119,32 +145,121 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     host::check_memlock()?;
     host::check_io_uring()?;
     host::raise_nofile_limit();
+    let shards = config.cpus.len();
+    if let Some(warning) = host::nofile_warning(config.conn_limits.max_connections, shards) {
+        crate::log_line!("warning: {warning}");
+    }
     // Before any thread starts, so that every thread inherits the mask and
     // only the signal thread receives SIGINT and SIGTERM.
     let signals = listen::block_stop_signals()?;
-    let listeners = bind(config.listen, config.cpus.len())?;
-    let running = start(&config, listeners)?;
-    let handle = running.stop_handle();
+    let listeners = bind(config.listen, shards)?;
+    let admin = config.admin_listen.map(|a| bind(a, shards)).transpose()?;
+    match &admin {
+        Some(a) => crate::log_line!(
+            "bound {} (admin {}); loading: /healthz answers 503 loading until serving",
+            listeners.addr,
+            a.addr
+        ),
+        None => crate::log_line!(
+            "bound {}; loading: /healthz answers 503 loading until serving",
+            listeners.addr
+        ),
+    }
+    enum Supervise {
+        Signal(i32),
+        Started(Box<Result<Running, String>>),
+    }
+    let (tx, rx) = mpsc::channel();
+    let signal_tx = tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             let sig = listen::wait_for_signal(&signals);
-            handle.stop(&format!("signal {sig}"));
+            if signal_tx.send(Supervise::Signal(sig)).is_err() {
+                return;
+            }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    eprintln!("shardfeed: {}", uring::report());
+    // Loading runs beside this thread, so that a stop signal during the
+    // load is acted on at once.
+    let health = Health::new();
+    std::thread::Builder::new()
+        .name("start".into())
+        .spawn(move || {
+            let started = launch(&config, listeners, admin, health);
+            let _ = tx.send(Supervise::Started(Box::new(started)));
+        })
+        .map_err(|e| format!("cannot start the loader: {e}"))?;
+    let running = match rx.recv() {
+        Ok(Supervise::Started(started)) => (*started)?,
+        Ok(Supervise::Signal(sig)) => {
+            // Nothing was served, nothing is to be persisted: returning
+            // ends the process and its loaders.
+            crate::log_line!("signal {sig} while loading: stopped");
+            return Ok(());
+        }
+        Err(_) => return Err("the loader stopped without a word".into()),
+    };
+    let handle = running.stop_handle();
+    std::thread::spawn(move || {
+        for message in rx {
+            if let Supervise::Signal(sig) = message {
+                handle.stop(&format!("signal {sig}"));
+            }
+        }
+    });
+    crate::log_line!("{}", uring::report());
     // Written, not println!: a closed stdout must not stop the server.
     say(&format!("listening on {}\n", running.addr));
+    if let Some(admin) = running.admin_addr {
+        crate::log_line!("admin port (/metrics, /stats, /healthz) on {admin}");
+    }
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {}", running.addr)),
+    ]);
     let drained = running.wait()?;
     say(&metrics::summary_table(&drained));
     Ok(())
 }
 
+/// Tells systemd (when `NOTIFY_SOCKET` is set; else nothing).
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        crate::log_limited!(Duration::from_secs(60), "cannot notify systemd: {e}");
+    }
+}
+
 /// Loads every shard's users and starts one executor per shard on
-/// `listeners`; returns once every shard serves.
+/// `listeners` (and on `--admin-listen`, bound here); returns once every
+/// shard serves.
 pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, String> {
+    let admin = config
+        .admin_listen
+        .map(|a| bind(a, config.cpus.len()))
+        .transpose()?;
+    launch(config, listeners, admin, Health::new())
+}
+
+/// [`start`], with the admin listeners already bound and the process's
+/// health.
+fn launch(
+    config: &ServeConfig,
+    listeners: Listeners,
+    admin: Option<Listeners>,
+    health: Health,
+) -> Result<Running, String> {
     let shards = config.cpus.len();
     assert_eq!(listeners.sockets.len(), shards, "one listener per shard");
+    let jwt = match &config.jwt_secret {
+        Some(path) => Some(Arc::new(Verifier::from_file(path)?)),
+        None => None,
+    };
+    let all_sockets = listeners
+        .sockets
+        .iter()
+        .chain(admin.iter().flat_map(|a| &a.sockets));
+    let responder = loading::Responder::start(all_sockets, health.clone())?;
     let recovery = state::recover(config.state.as_ref())?;
     let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, |user| {
         shard::owner_of(user, shards)
@@ -154,6 +269,9 @@ pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, Stri
         Some(path) => Some(HistogramLog::create(path, SystemTime::now())?),
         None => None,
     };
+    responder.stop();
+    let admin_addr = admin.as_ref().map(|a| a.addr);
+    let mut admin_sockets = admin.map(|a| a.sockets.into_iter());
     if config.coop_taskrun {
         uring::enable_coop_taskrun();
     }
@@ -183,11 +301,17 @@ pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, Stri
             stop: stop.clone(),
             log,
             events: events_tx.clone(),
+            health: health.clone(),
+            jwt: jwt.clone(),
+            admin: admin_sockets.as_mut().and_then(Iterator::next),
         };
         start_shard(parts, listener, life)?;
     }
     let running = Running {
         addr: listeners.addr,
+        admin_addr,
+        health,
+        drain: config.drain,
         shards,
         events,
         handle: StopHandle(events_tx),
@@ -198,6 +322,7 @@ pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, Stri
         _state_lock: state.lock,
     };
     running.wait_ready()?;
+    running.health.set_phase(Phase::Serving);
     Ok(running)
 }
 
@@ -226,7 +351,7 @@ fn start_shard(
             let shard = match shard::start(parts).await {
                 Ok(shard) => shard,
                 // The supervisor hears of it when this executor ends.
-                Err(e) => return eprintln!("shardfeed: shard {i}: {e}"),
+                Err(e) => return crate::log_line!("shard {i}: {e}"),
             };
             // SAFETY: the descriptor comes from a listening socket we own.
             let listener =
@@ -247,6 +372,12 @@ fn start_shard(
 impl Running {
     pub fn stop_handle(&self) -> StopHandle {
         self.handle.clone()
+    }
+
+    /// The process's health: components report problems there
+    /// ([`Health::set_degraded`]).
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     fn wait_ready(&self) -> Result<(), String> {
@@ -272,8 +403,7 @@ impl Running {
         let stopped_at = loop {
             match self.events.recv() {
                 Ok(Event::Stop(why)) => {
-                    eprintln!("shardfeed: {why}: stopping");
-                    self.stop.store(true, Ordering::Relaxed);
+                    crate::log_line!("{why}: stopping");
                     break Instant::now();
                 }
                 Ok(Event::Status(snapshot)) if self.log_interval => status.add(*snapshot),
@@ -282,9 +412,39 @@ impl Running {
                 Err(_) => return Err("every shard stopped".into()),
             }
         };
+        self.health.set_phase(Phase::Draining);
+        notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping"),
+        ]);
+        if !self.drain.is_zero() {
+            crate::log_line!(
+                "draining for {:?}: serving on, /healthz answers 503 draining",
+                self.drain
+            );
+            let until = stopped_at + self.drain;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match self.events.recv_timeout(left) {
+                    Ok(Event::Stop(_)) if stopped_at.elapsed() < STOP_ECHO => {}
+                    Ok(Event::Stop(why)) => return Err(format!("{why} again: stopping at once")),
+                    Ok(Event::Status(snapshot)) if self.log_interval => status.add(*snapshot),
+                    Ok(Event::Stopped(i, why)) => return Err(format!("shard {i} stopped: {why}")),
+                    Ok(_) => {}
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err("every shard stopped".into())
+                    }
+                }
+            }
+        }
+        self.stop.store(true, Ordering::Relaxed);
         // Each shard waits at most the timeout; allow a margin for the last
         // answers and snapshots to arrive.
-        let deadline = stopped_at + self.shutdown_timeout + Duration::from_secs(2);
+        let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(2);
         let mut drained: Vec<Snapshot> = Vec::with_capacity(self.shards);
         let mut unsynced = Vec::new();
         while drained.len() < self.shards {
@@ -332,6 +492,10 @@ struct ShardLife {
     stop: Arc<AtomicBool>,
     log: Option<mpsc::Sender<Interval>>,
     events: mpsc::Sender<Event>,
+    health: Health,
+    jwt: Option<Arc<Verifier>>,
+    /// This shard's `--admin-listen` listener.
+    admin: Option<std::net::TcpListener>,
 }
 
 impl ShardLife {
@@ -341,6 +505,9 @@ impl ShardLife {
         spawn_local(sweep_deadlines(shard.connections.clone())).detach();
         spawn_local(watch_stop_flag(shard.clone(), self.stop.clone())).detach();
         spawn_local(refresh_date()).detach();
+        if shard.journal().is_some() {
+            spawn_local(report_journal(shard.clone(), self.health.clone())).detach();
+        }
         let log = status::IntervalLog::start(&shard, self.log, self.config.histogram_interval);
         if let Some(every) = self.config.log_interval {
             spawn_local(status::send_status(
@@ -350,11 +517,36 @@ impl ShardLife {
             ))
             .detach();
         }
+        let endpoint = |serves| {
+            Rc::new(Endpoint {
+                serves,
+                health: self.health.clone(),
+                jwt: self.jwt.clone(),
+            })
+        };
+        let (public, admin) = match self.admin {
+            // SAFETY: the descriptor comes from a listening socket we own.
+            Some(l) => (
+                endpoint(Serves::Public),
+                Some((endpoint(Serves::Admin), unsafe {
+                    glommio::net::TcpListener::from_raw_fd(l.into_raw_fd())
+                })),
+            ),
+            None => (endpoint(Serves::All), None),
+        };
         let _ = self.events.send(Event::Ready);
 
         let gate = Gate::new();
-        accept_loop(&listener, &shard, self.config.conn_limits, &gate).await;
+        let limits = self.config.conn_limits;
+        let admin_loop = async {
+            if let Some((endpoint, listener)) = &admin {
+                accept_loop(listener, &shard, endpoint, limits, &gate).await;
+            }
+        };
+        let public_loop = accept_loop(&listener, &shard, &public, limits, &gate);
+        futures_lite::future::zip(public_loop, admin_loop).await;
         drop(listener);
+        drop(admin);
         let drain = gate.close();
         let _ = glommio::timer::timeout(self.config.shutdown_timeout, drain).await;
 
@@ -379,6 +571,7 @@ impl ShardLife {
 async fn accept_loop(
     listener: &glommio::net::TcpListener,
     shard: &Rc<Shard>,
+    endpoint: &Rc<Endpoint>,
     limits: ConnLimits,
     gate: &Gate,
 ) {
@@ -392,7 +585,7 @@ async fn accept_loop(
             return;
         };
         match accepted {
-            Ok(stream) => conn::accept(stream, shard, limits, gate),
+            Ok(stream) => conn::accept(stream, shard, endpoint, limits, gate),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning;
                 // anything else (an aborted handshake) concerns one client.
@@ -401,7 +594,12 @@ async fn accept_loop(
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 );
                 if exhausted {
-                    eprintln!("shard {}: accept failed: {e}; pausing 100 ms", shard.id.0);
+                    crate::log_limited!(
+                        Duration::from_secs(10),
+                        "shard {}: accept failed: {e}; pausing 100 ms (raise the open-files \
+                         limit, or lower --max-connections)",
+                        shard.id.0
+                    );
                     glommio::timer::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -424,6 +622,30 @@ async fn watch_stop_flag(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
         glommio::timer::sleep(STOP_POLL).await;
     }
     shard.begin_shutdown();
+}
+
+/// Tells the process's health whether this shard's journal can write: a
+/// failing disk makes `/healthz` answer `503 degraded` with the reason, so
+/// that a load balancer drains the instance, until writes work again.
+async fn report_journal(shard: Rc<Shard>, health: Health) {
+    // One source per shard, named once for the process's life.
+    let source: &'static str =
+        Box::leak(format!("journal (shard {})", shard.id.0).into_boxed_str());
+    let mut reported = false;
+    loop {
+        match shard.journal().and_then(|j| j.degraded()) {
+            Some(why) => {
+                health.set_degraded(source, why);
+                reported = true;
+            }
+            None if reported => {
+                health.clear(source);
+                reported = false;
+            }
+            None => {}
+        }
+        glommio::timer::sleep(JOURNAL_HEALTH_EVERY).await;
+    }
 }
 
 /// Keeps this shard's cached `Date` header fresh.

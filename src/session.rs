@@ -9,9 +9,13 @@
 
 use std::future::Future;
 use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::feed::Page;
+use crate::auth::{Refusal, TokenCache, Verifier};
+use crate::feed::{Page, Unserved};
+use crate::health::Health;
 use crate::http::{self, Action, Decoded, Framing, HttpDate, HttpError, Limits, Persist, Request};
 use crate::metrics::{self, Class, Route, Snapshot};
 
@@ -49,6 +53,50 @@ pub trait Backend {
     fn snapshots(&self) -> impl Future<Output = Option<Vec<Snapshot>>>;
     /// The server is stopping: answers close their connections.
     fn stopping(&self) -> bool;
+}
+
+/// Which routes a listening port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// Everything (no `--admin-listen`).
+    All,
+    /// The public port beside an admin port: `/feed` and `/healthz`.
+    Public,
+    /// `--admin-listen`: `/healthz`, `/stats` and `/metrics`.
+    Admin,
+}
+
+/// What every connection of one listening port shares: what it serves, the
+/// process's health, and the token check (`--jwt-secret`).
+pub struct Endpoint {
+    pub serves: Serves,
+    pub health: Health,
+    pub jwt: Option<Arc<Verifier>>,
+}
+
+impl Endpoint {
+    /// Everything, serving, no tokens: a session without a server.
+    pub fn plain() -> Endpoint {
+        Endpoint {
+            serves: Serves::All,
+            health: Health::serving(),
+            jwt: None,
+        }
+    }
+
+    /// `action`, or `404` if this port does not serve it.
+    fn admit(&self, action: Action) -> Action {
+        let refused = matches!(
+            (self.serves, action),
+            (Serves::Public, Action::Stats | Action::Metrics)
+                | (Serves::Admin, Action::Feed { .. })
+        );
+        if refused {
+            Action::Fail(HttpError::NotFound)
+        } else {
+            action
+        }
+    }
 }
 
 /// A connection's read buffer: `buf[..filled]` is received, unanswered
@@ -112,6 +160,9 @@ pub struct Round {
 /// connection.
 pub struct Session<B: Backend> {
     backend: B,
+    endpoint: Rc<Endpoint>,
+    /// The last token that passed on this connection (`--jwt-secret`).
+    tokens: TokenCache,
     limits: Limits,
     /// Requests answered per round before writing.
     max_pipeline: usize,
@@ -134,9 +185,24 @@ pub struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
+    /// A session of a port that serves everything, without tokens.
     pub fn new(backend: B, limits: Limits, max_pipeline: usize, max_unsent: usize) -> Session<B> {
+        let endpoint = Rc::new(Endpoint::plain());
+        Session::on(endpoint, backend, limits, max_pipeline, max_unsent)
+    }
+
+    /// A session of a connection to `endpoint`.
+    pub fn on(
+        endpoint: Rc<Endpoint>,
+        backend: B,
+        limits: Limits,
+        max_pipeline: usize,
+        max_unsent: usize,
+    ) -> Session<B> {
         Session {
             backend,
+            endpoint,
+            tokens: TokenCache::default(),
             input: Input::new(limits.max_request() + 1),
             limits,
             max_pipeline,
@@ -211,7 +277,7 @@ impl<B: Backend> Session<B> {
                     }
                     break;
                 }
-                Decoded::Request(req) => req,
+                Decoded::Request(req) => self.authorize(req, at),
             };
             self.continued = false;
             answered += 1;
@@ -227,13 +293,33 @@ impl<B: Backend> Session<B> {
         round
     }
 
+    /// The request as this port serves it: a route it does not serve is
+    /// `404`, and with `--jwt-secret` a feed request without a valid token
+    /// for its user is refused here, before any store is asked (so no
+    /// progress changes). `at`: where the request starts in the input.
+    fn authorize(&mut self, mut req: Request, at: usize) -> Request {
+        req.action = self.endpoint.admit(req.action);
+        let (Action::Feed { user, .. }, Some(jwt)) = (req.action, &self.endpoint.jwt) else {
+            return req;
+        };
+        let request = &self.input.buf[at..self.input.filled];
+        let authorization = req.authorization.map(|span| span.of(request));
+        if let Err(refusal) = self.tokens.check(jwt, authorization, user) {
+            req.action = Action::Fail(match refusal {
+                Refusal::Unauthorized(problem) => HttpError::Unauthorized(problem),
+                Refusal::Forbidden => HttpError::Forbidden,
+            });
+        }
+        req
+    }
+
     /// The one decision whether an answer closes its connection: when the
     /// client asks, after an error that leaves the rest of the input in
-    /// doubt, and while the server stops (so that clients reconnect
-    /// elsewhere).
+    /// doubt, and while the server drains or stops (so that clients
+    /// reconnect elsewhere).
     fn persist_for(&self, req: &Request) -> Persist {
         let doubtful = matches!(req.action, Action::Fail(e) if e.closes());
-        if doubtful || self.backend.stopping() {
+        if doubtful || self.backend.stopping() || self.endpoint.health.draining() {
             Persist::Close
         } else {
             req.persist
@@ -250,6 +336,7 @@ impl<B: Backend> Session<B> {
             log.push(req.head);
         }
         let ok = Class::Success;
+        let other = Route::Other;
         match req.action {
             Action::Feed { user, size } => {
                 let ask = PageAsk {
@@ -262,13 +349,16 @@ impl<B: Backend> Session<B> {
                     Pending::Forwarded(ticket) => self.queued.push(Queued::Forwarded(ticket, f)),
                 }
             }
-            Action::Health => self.encode(Route::Local, ok, |o, d| http::encode_health(o, d, f)),
-            Action::Options => {
-                self.encode(Route::Local, ok, |o, d| http::encode_options(o, d, persist))
+            Action::Health => {
+                let (up, body) = self.endpoint.health.answer();
+                let class = if up { ok } else { Class::ServerError };
+                self.encode(other, class, |o, d| http::encode_health(o, d, f, up, &body))
             }
+            Action::Options => self.encode(other, ok, |o, d| http::encode_options(o, d, persist)),
             Action::Stats => self.queued.push(Queued::Report(Report::Stats, f)),
             Action::Metrics => self.queued.push(Queued::Report(Report::Metrics, f)),
-            Action::Fail(err) => self.encode_error(Route::Local, err, f),
+            Action::Fail(err) if err.is_feed() => self.encode_error(Route::Local, err, f),
+            Action::Fail(err) => self.encode_error(other, err, f),
         }
     }
 
@@ -279,7 +369,12 @@ impl<B: Backend> Session<B> {
             Ok(()) => self.encode(route, Class::Success, |out, date| {
                 http::encode_page(out, date, f, &page.items)
             }),
-            Err(unserved) => self.encode_error(route, unserved.into(), f),
+            // Nothing for this user (feed used up, no pool): not an error
+            // of the server, which load balancers would read in a 5xx.
+            Err(Unserved::NothingToServe) => self.encode(route, Class::Success, |out, date| {
+                http::encode_no_content(out, date, f.persist)
+            }),
+            Err(Unserved::Overloaded) => self.encode_error(route, HttpError::Overloaded, f),
         }
         self.backend.recycle(page.items);
     }
@@ -305,7 +400,7 @@ impl<B: Backend> Session<B> {
         if let Some(log) = &mut self.bodiless {
             log.push(false);
         }
-        self.encode_error(Route::Local, err, Framing::full(Persist::Close));
+        self.encode_error(Route::Other, err, Framing::full(Persist::Close));
     }
 
     /// Encodes a ready answer and counts it.
@@ -350,16 +445,16 @@ impl<B: Backend> Session<B> {
     /// `/stats` or `/metrics`: allocates; it is not on the feed path.
     async fn report(&mut self, report: Report, f: Framing) {
         let Some(snapshots) = self.backend.snapshots().await else {
-            return self.encode_error(Route::Local, HttpError::Overloaded, f);
+            return self.encode_error(Route::Other, HttpError::Overloaded, f);
         };
         let (content_type, body) = match report {
             Report::Stats => ("application/json", metrics::stats_json(&snapshots)),
             Report::Metrics => (
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::prometheus_text(&snapshots),
+                metrics::prometheus_text(&snapshots, &metrics::Process::now(&self.endpoint.health)),
             ),
         };
-        self.encode(Route::Local, Class::Success, |out, date| {
+        self.encode(Route::Other, Class::Success, |out, date| {
             http::encode_body(out, date, f, content_type, body.as_bytes())
         });
     }

@@ -224,9 +224,13 @@ impl Shard {
 
     /// This shard's metrics, copied.
     pub fn snapshot(&self) -> Snapshot {
-        let store = self.store.borrow().counters();
-        let mut snapshot = self.metrics.borrow().snapshot(self.id, store);
-        snapshot.counters.open_connections = self.connections.open() as u64;
+        let store = self.store.borrow();
+        let mut snapshot = self.metrics.borrow().snapshot(self.id, store.counters());
+        let c = &mut snapshot.counters;
+        c.open_connections = self.connections.open() as u64;
+        c.feed_users = store.users() as u64;
+        c.feed_items = store.item_count() as u64;
+        c.pool_items = store.pool_len() as u64;
         snapshot.journal = self.journal.as_ref().map(|j| {
             Box::new(JournalSnapshot {
                 stats: j.stats(),
@@ -496,8 +500,11 @@ async fn checkpoints(shard: Rc<Shard>) {
             Err(e) => Err(e),
         };
         if let Err(e) = finished {
-            // At most once per CHECKPOINT_POLL, while the disk fails.
-            eprintln!("shardfeed: shard {}: checkpoint failed: {e}", shard.id.0);
+            crate::log_limited!(
+                Duration::from_secs(60),
+                "shard {}: checkpoint failed: {e}",
+                shard.id.0
+            );
         }
     }
 }

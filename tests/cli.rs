@@ -21,6 +21,12 @@ fn bad_flags() {
         (&["--shards", "x"], "invalid value 'x'"),
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "invalid value 'nowhere'"),
+        (
+            &["--listen", "nowhere"],
+            "use IP:PORT, [IPv6]:PORT, HOST:PORT, :PORT or PORT",
+        ),
+        (&["--admin-listen", "x:y"], "`y` is not a port number"),
+        (&["--drain", "forever"], "invalid value 'forever'"),
         (&["--shards", "0"], "--shards must be at least 1"),
         (&["--shards", "999"], "--shards 999 is more than"),
         (&["--cpus", "9999"], "CPU 9999 in --cpus is not available"),

@@ -378,6 +378,11 @@ fn a_full_disk_degrades_and_recovers_by_itself() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.get("/healthz").status != 200 {
+        assert!(Instant::now() < deadline, "/healthz still not ok");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let page = s.get("/feed/5?size=2").items();
     assert_eq!(page, [item(5, 40), item(5, 41)]);
     kill9(s);

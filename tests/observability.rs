@@ -86,9 +86,61 @@ fn stats_count_every_request_per_shard_and_merged() {
         );
         assert!(max < 10_000_000, "under 10 s: {h}");
     }
-    // The /stats request itself is counted once answered.
+    // The /stats request itself is counted once answered, apart from the
+    // feed: its latency and counters stay the feed's alone.
+    let other = n(all, "other_2xx");
     let again = stats(&s);
-    assert_eq!(n(&again["all"], "requests"), answered + 1);
+    assert_eq!(n(&again["all"], "requests"), answered);
+    assert_eq!(n(&again["all"]["latency_us"], "count"), answered);
+    assert_eq!(n(&again["all"], "other_2xx"), other + 1);
+    assert_eq!(n(&again["all"]["other_latency_us"], "count"), other + 1);
+}
+
+/// Health checks and scrapes used to be counted, and timed, with the feed:
+/// a load balancer's checks diluted the percentiles users profile.
+#[test]
+fn health_checks_and_scrapes_stay_out_of_the_feed_numbers() {
+    let dir = TempDir::new("routes");
+    let s = Server::known(&dir, &[]);
+    let mut c = s.connect();
+    for _ in 0..50 {
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    for _ in 0..5 {
+        assert_eq!(c.get("/metrics").status, 200);
+        assert_eq!(c.get("/stats").status, 200);
+    }
+    assert_eq!(c.get("/nope").status, 404);
+    for user in 1..=10 {
+        assert_eq!(c.get(&format!("/feed/{user}?size=1")).status, 200);
+    }
+    let st = stats(&s);
+    let all = &st["all"];
+    assert_eq!(all["requests"], 10, "{all}");
+    assert_eq!(all["requests_2xx"], 10);
+    assert_eq!(all["latency_us"]["count"], 10);
+    assert_eq!(
+        all["other_2xx"], 60,
+        "50 health checks, 5 scrapes, 5 /stats"
+    );
+    assert_eq!(all["other_4xx"], 1);
+    let text = s.get("/metrics").body;
+    let line = |prefix: &str| -> f64 {
+        let sum: f64 = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum();
+        sum
+    };
+    let feed = line("shardfeed_request_duration_seconds_count{shard=\"0\",route=\"local\"}")
+        + line("shardfeed_request_duration_seconds_count{shard=\"1\",route=\"local\"}")
+        + line("shardfeed_request_duration_seconds_count{shard=\"0\",route=\"forwarded\"}")
+        + line("shardfeed_request_duration_seconds_count{shard=\"1\",route=\"forwarded\"}");
+    assert_eq!(feed, 10.0, "{text}");
+    let feed_ok = line("shardfeed_requests_total{shard=\"0\",route=\"feed\",status=\"2xx\"}")
+        + line("shardfeed_requests_total{shard=\"1\",route=\"feed\",status=\"2xx\"}");
+    assert_eq!(feed_ok, 10.0);
 }
 
 #[test]
@@ -105,12 +157,35 @@ fn metrics_parse_as_prometheus_text_with_both_shards() {
     let lines = r.body.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
     let shard_of = |s: &prometheus_parse::Sample| s.labels.get("shard").map(str::to_string);
+    let process_wide = [
+        "shardfeed_build_info",
+        "shardfeed_serving",
+        "process_start_time_seconds",
+        "process_resident_memory_bytes",
+    ];
     for sample in &scrape.samples {
         assert!(
-            shard_of(sample).is_some(),
-            "every series has a shard label: {sample:?}"
+            shard_of(sample).is_some() || process_wide.contains(&sample.metric.as_str()),
+            "every shard's series has a shard label: {sample:?}"
         );
     }
+    let process = |name: &str| {
+        let found: Vec<_> = scrape.samples.iter().filter(|s| s.metric == name).collect();
+        assert_eq!(found.len(), 1, "{name}");
+        match found[0].value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(process("shardfeed_build_info"), 1.0);
+    assert_eq!(process("shardfeed_serving"), 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = process("process_start_time_seconds");
+    assert!(started <= now && started > now - 600.0, "{started}");
+    assert!(process("process_resident_memory_bytes") > 1e6);
     let value = |name: &str, shard: &str, extra: Option<(&str, &str)>| -> f64 {
         let found: Vec<f64> = scrape
             .samples
@@ -129,9 +204,27 @@ fn metrics_parse_as_prometheus_text_with_both_shards() {
     let mut requests = 0.0;
     for shard in ["0", "1"] {
         for status in ["2xx", "4xx", "5xx"] {
-            requests += value("shardfeed_requests_total", shard, Some(("status", status)));
+            let found: Vec<f64> = scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == "shardfeed_requests_total")
+                .filter(|s| s.labels.get("shard") == Some(shard))
+                .filter(|s| s.labels.get("route") == Some("feed"))
+                .filter(|s| s.labels.get("status") == Some(status))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) => v,
+                    ref other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(found.len(), 1, "{shard} {status}");
+            requests += found[0];
         }
         assert!(value("shardfeed_forwarded_out_total", shard, None) > 0.0);
+        assert!(value("shardfeed_feed_users", shard, None) as u32 <= USERS);
+        assert_eq!(
+            value("shardfeed_pool_items", shard, None),
+            POOL.len() as f64
+        );
         value("shardfeed_exhausted_users_total", shard, None);
         value("shardfeed_open_connections", shard, None);
     }
@@ -142,9 +235,10 @@ fn metrics_parse_as_prometheus_text_with_both_shards() {
         .iter()
         .filter(|s| s.metric == "shardfeed_request_duration_seconds")
         .collect();
-    assert_eq!(histograms.len(), 4, "2 shards x local/forwarded");
+    assert_eq!(histograms.len(), 6, "2 shards x local/forwarded/other");
     let mut counted = 0.0;
     for h in histograms {
+        let feed = h.labels.get("route") != Some("other");
         let prometheus_parse::Value::Histogram(buckets) = &h.value else {
             panic!("not a histogram: {h:?}");
         };
@@ -153,7 +247,9 @@ fn metrics_parse_as_prometheus_text_with_both_shards() {
             .iter()
             .find(|b| b.less_than == f64::INFINITY)
             .unwrap();
-        counted += inf.count;
+        if feed {
+            counted += inf.count;
+        }
     }
     assert_eq!(counted as u64, answered);
     let docs = &scrape.docs;
@@ -203,7 +299,7 @@ fn sigterm_with_idle_connections_exits_0_with_the_summary_and_the_log() {
         "{stdout}"
     );
     let total: u64 = rows[3].split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert_eq!(total, answered + 10, "{stdout}");
+    assert_eq!(total, answered, "feed requests only: {stdout}");
 
     // The log holds both shards' intervals and every request.
     let intervals = shardfeed::histlog::read_log(&std::fs::read(&log).unwrap()).unwrap();
@@ -212,7 +308,7 @@ fn sigterm_with_idle_connections_exits_0_with_the_summary_and_the_log() {
     tags.dedup();
     assert_eq!(tags, ["shard-0", "shard-1"]);
     let logged: u64 = intervals.iter().map(|i| i.histogram.len()).sum();
-    assert_eq!(logged, answered + 10);
+    assert_eq!(logged, answered, "feed requests only");
 }
 
 #[test]

@@ -60,7 +60,7 @@ fn fallback_tops_up_distinct_items_and_unknown_users_get_the_pool() {
 }
 
 #[test]
-fn nothing_to_serve_is_503_without_a_pool() {
+fn nothing_to_serve_is_204_not_a_5xx() {
     let dir = TempDir::new("nopool");
     let (feeds, _) = known_files(&dir);
     let s = Server::start(&[
@@ -77,10 +77,19 @@ fn nothing_to_serve_is_503_without_a_pool() {
         feed_of(1)[7..],
         "short page"
     );
-    let r = s.get("/feed/1");
-    assert_eq!(r.status, 503);
-    assert_eq!(r.error(), "no items left to serve for this user");
-    assert_eq!(s.get("/feed/999").status, 503, "unknown user, no pool");
+    // Nothing for this user is not a sick backend: 204, no body, and the
+    // connection stays.
+    let mut c = s.connect();
+    let r = c.get("/feed/1");
+    assert_eq!(r.status, 204);
+    assert_eq!((r.body.as_str(), r.header("Content-Length")), ("", None));
+    assert_eq!(c.get("/feed/999").status, 204, "unknown user, no pool");
+    c.send(b"HEAD /feed/1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.head_response().status, 204);
+    assert_eq!(c.get("/feed/2?size=2").items(), feed_of(2)[..2]);
+    let stats: serde_json::Value = serde_json::from_str(&s.get("/stats").body).unwrap();
+    assert_eq!(stats["all"]["nothing_to_serve"], 2, "HEAD counts nothing");
+    assert_eq!(stats["all"]["requests_5xx"], 0);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::{Action, Decoded, HttpError, IdProblem, Limits, Persist, Request, SizeProblem};
+use super::{Action, Decoded, HttpError, IdProblem, Limits, Persist, Request, SizeProblem, Span};
 use crate::decimal::{self, DecimalError};
 
 /// Header lines parsed per request; more is treated like an oversized head.
@@ -41,7 +41,7 @@ pub fn decode(buf: &[u8], limits: Limits) -> Decoded {
             "malformed request: line ending without CR",
         ));
     }
-    let head = match Head::read(&req) {
+    let head = match Head::read(&req, buf) {
         Ok(head) => head,
         Err(e) => return fail(e),
     };
@@ -62,6 +62,7 @@ pub fn decode(buf: &[u8], limits: Limits) -> Decoded {
         head: method == "HEAD",
         persist: head.persist,
         len,
+        authorization: head.authorization,
     })
 }
 
@@ -74,6 +75,7 @@ fn fail(e: HttpError) -> Decoded {
         head: false,
         persist: Persist::Close,
         len: 0,
+        authorization: None,
     })
 }
 
@@ -90,15 +92,18 @@ struct Head {
     persist: Persist,
     /// `Expect: 100-continue` on HTTP/1.1 (HTTP/1.0 must ignore it).
     expect_continue: bool,
+    authorization: Option<Span>,
 }
 
 impl Head {
-    fn read(req: &httparse::Request) -> Result<Head, HttpError> {
+    /// `buf` is the buffer `req` was parsed from (header values borrow it).
+    fn read(req: &httparse::Request, buf: &[u8]) -> Result<Head, HttpError> {
         let http10 = req.version == Some(0);
         let (mut close, mut keep_alive) = (false, false);
         let mut body_len: Option<usize> = None;
         let mut hosts = 0;
         let mut expect_continue = false;
+        let mut authorization = None;
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -132,6 +137,15 @@ impl Head {
                     return Err(HttpError::ExpectationFailed);
                 }
                 expect_continue = true;
+            } else if name.eq_ignore_ascii_case(b"authorization") {
+                if authorization.is_some() {
+                    return Err(HttpError::BadRequest("more than one Authorization header"));
+                }
+                let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+                authorization = Some(Span {
+                    start: start as u32,
+                    len: h.value.len() as u32,
+                });
             }
         }
         if !http10 && hosts != 1 {
@@ -148,6 +162,7 @@ impl Head {
             body_len: body_len.unwrap_or(0),
             persist,
             expect_continue,
+            authorization,
         })
     }
 }
@@ -473,6 +488,23 @@ mod tests {
             Decoded::Request(r) => r.action,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_authorization_value_is_found_in_place() {
+        let raw = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nAuthorization:  Bearer a.b.c \r\n\r\n";
+        let r = req(raw);
+        assert_eq!(
+            r.authorization.unwrap().of(raw).trim_ascii(),
+            b"Bearer a.b.c"
+        );
+        assert_eq!(req(&get("/feed/1")).authorization, None);
+        let twice =
+            b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\nAuthorization: y\r\n\r\n";
+        assert!(matches!(
+            action(twice),
+            Action::Fail(HttpError::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -122,9 +122,26 @@ pub fn encode_page(out: &mut Vec<u8>, date: &HttpDate, f: Framing, items: &[u32]
     out.push(b']');
 }
 
-/// Appends the `/healthz` answer.
-pub fn encode_health(out: &mut Vec<u8>, date: &HttpDate, f: Framing) {
-    encode_body(out, date, f, JSON, br#"{"status":"ok"}"#);
+/// Appends a `/healthz` answer: `200` if `ok`, else `503`, with its JSON
+/// body (what it says is the health's business, not the wire's).
+pub fn encode_health(out: &mut Vec<u8>, date: &HttpDate, f: Framing, ok: bool, body: &[u8]) {
+    let status = if ok {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    write_head(out, status, date, JSON, f.persist, b"", body.len());
+    if f.body {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends `204 No Content`: a `/feed` page with nothing for this user.
+pub fn encode_no_content(out: &mut Vec<u8>, date: &HttpDate, persist: Persist) {
+    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nServer: shardfeed\r\nDate: ");
+    out.extend_from_slice(date.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    end_head(out, persist);
 }
 
 /// Appends a `200` answer with the given body and content type.
@@ -295,8 +312,30 @@ mod tests {
             "the caller decides about the connection, not the encoder"
         );
         out.clear();
-        encode_health(&mut out, &date, Framing::full(Persist::KeepAliveAnnounced));
+        let ok = br#"{"status":"ok"}"#;
+        encode_health(
+            &mut out,
+            &date,
+            Framing::full(Persist::KeepAliveAnnounced),
+            true,
+            ok,
+        );
         assert!(out.ends_with(b"Connection: keep-alive\r\n\r\n{\"status\":\"ok\"}"));
+        out.clear();
+        encode_health(
+            &mut out,
+            &date,
+            Framing::full(Persist::KeepAlive),
+            false,
+            b"{}",
+        );
+        assert!(out.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        out.clear();
+        encode_no_content(&mut out, &date, Persist::KeepAlive);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 204 No Content\r\nServer: shardfeed\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n"
+        );
     }
 
     /// Content-Length must equal the bytes after the head.
@@ -327,7 +366,9 @@ mod tests {
             HttpError::Size(SizeProblem::AboveMax(7)),
             HttpError::Size(SizeProblem::AboveMax(10000)),
             HttpError::HeadTooLarge(8192),
-            HttpError::NothingToServe,
+            HttpError::Unauthorized(crate::auth::Problem::Missing),
+            HttpError::Unauthorized(crate::auth::Problem::Signature),
+            HttpError::Forbidden,
             HttpError::Overloaded,
             HttpError::TooManyConnections,
         ];
@@ -347,7 +388,7 @@ mod tests {
                 assert_framed(std::str::from_utf8(&out).unwrap());
             }
             let mut out = Vec::new();
-            encode_health(&mut out, &date, Framing::full(persist));
+            encode_health(&mut out, &date, Framing::full(persist), false, b"{\"a\":1}");
             assert_framed(std::str::from_utf8(&out).unwrap());
             let mut out = Vec::new();
             encode_body(

@@ -1,7 +1,7 @@
 //! Every error answer: a small `Copy` value on the hot path; its status line,
 //! message and extra header are produced only when it is encoded.
 
-use crate::feed::Unserved;
+use crate::auth::Problem;
 
 /// Every error answer. The hot path carries this small value; the message is
 /// written only when the answer is encoded.
@@ -19,8 +19,10 @@ pub enum HttpError {
     Timeout,
     /// An `Expect` other than `100-continue`.
     ExpectationFailed,
-    /// Nothing can be served for this user (empty pool, feed used up).
-    NothingToServe,
+    /// `--jwt-secret`: no valid token (`401`, `WWW-Authenticate: Bearer`).
+    Unauthorized(Problem),
+    /// `--jwt-secret`: a valid token for another user (`403`).
+    Forbidden,
     /// A queue to another shard is full: try again.
     Overloaded,
     /// The shard has as many connections as it may: try again later.
@@ -50,6 +52,8 @@ impl HttpError {
     pub fn status(self) -> &'static str {
         match self {
             HttpError::BadRequest(_) => "400 Bad Request",
+            HttpError::Unauthorized(_) => "401 Unauthorized",
+            HttpError::Forbidden => "403 Forbidden",
             HttpError::NotFound => "404 Not Found",
             HttpError::MethodNotAllowed => "405 Method Not Allowed",
             HttpError::Timeout => "408 Request Timeout",
@@ -58,9 +62,7 @@ impl HttpError {
             HttpError::UriTooLong(_) => "414 URI Too Long",
             HttpError::UserId(_) | HttpError::Size(_) => "422 Unprocessable Content",
             HttpError::HeadTooLarge(_) => "431 Request Header Fields Too Large",
-            HttpError::NothingToServe | HttpError::Overloaded | HttpError::TooManyConnections => {
-                "503 Service Unavailable"
-            }
+            HttpError::Overloaded | HttpError::TooManyConnections => "503 Service Unavailable",
         }
     }
 
@@ -109,7 +111,14 @@ impl HttpError {
             HttpError::Size(SizeProblem::AboveMax(max)) => {
                 return ("size must be at most ", Some(max as u32), "")
             }
-            HttpError::NothingToServe => "no items left to serve for this user",
+            HttpError::Unauthorized(Problem::Missing) => {
+                "authorization required: send Authorization: Bearer <JWT>"
+            }
+            HttpError::Unauthorized(Problem::Malformed) => "invalid token: not a well-formed JWT",
+            HttpError::Unauthorized(Problem::Algorithm) => "invalid token: alg must be HS256",
+            HttpError::Unauthorized(Problem::Signature) => "invalid token: bad signature",
+            HttpError::Unauthorized(Problem::Expired) => "invalid token: expired or not yet valid",
+            HttpError::Forbidden => "the token is for another user",
             HttpError::Overloaded => "server busy: too many requests in flight, retry",
             HttpError::TooManyConnections => "server busy: too many connections, retry later",
         };
@@ -121,16 +130,26 @@ impl HttpError {
         match self {
             HttpError::MethodNotAllowed => b"Allow: GET, HEAD, OPTIONS\r\n",
             HttpError::Overloaded | HttpError::TooManyConnections => b"Retry-After: 1\r\n",
+            HttpError::Unauthorized(Problem::Missing) => {
+                b"WWW-Authenticate: Bearer realm=\"shardfeed\"\r\n"
+            }
+            HttpError::Unauthorized(_) => {
+                b"WWW-Authenticate: Bearer realm=\"shardfeed\", error=\"invalid_token\"\r\n"
+            }
             _ => b"",
         }
     }
 }
 
-impl From<Unserved> for HttpError {
-    fn from(u: Unserved) -> HttpError {
-        match u {
-            Unserved::NothingToServe => HttpError::NothingToServe,
-            Unserved::Overloaded => HttpError::Overloaded,
-        }
+impl HttpError {
+    /// Errors about a `/feed/{id}` request itself (counted with the feed).
+    pub fn is_feed(self) -> bool {
+        matches!(
+            self,
+            HttpError::UserId(_)
+                | HttpError::Size(_)
+                | HttpError::Unauthorized(_)
+                | HttpError::Forbidden
+        )
     }
 }

@@ -27,14 +27,17 @@ pub(super) struct State {
 /// in memory only).
 pub(super) fn recover(state: Option<&StateConfig>) -> Result<Option<Recovery>, String> {
     let Some(state) = state else {
-        eprintln!(
-            "shardfeed: progress is kept in memory only (no --state-dir): \
+        crate::log_line!(
+            "progress is kept in memory only (no --state-dir): \
              a restart starts every user at the beginning of their feed"
         );
         return Ok(None);
     };
     let recovery = journal::recover(&state.dir)?;
-    eprintln!("shardfeed: {}", recovery.report);
+    // One timestamped line per file that lost something or was ignored.
+    for line in recovery.report.to_string().lines() {
+        crate::log_line!("{}", line.trim_start());
+    }
     Ok(Some(recovery))
 }
 
@@ -73,10 +76,12 @@ pub(super) fn restore(
     for (t, _) in &results {
         all.add(t);
     }
-    eprintln!(
-        "shardfeed: progress restored: {} users continue, {} start again (their feed changed), \
+    crate::log_line!(
+        "progress restored: {} users continue, {} start again (their feed changed), \
          {} are not in this feed",
-        all.kept, all.reset, all.unknown
+        all.kept,
+        all.reset,
+        all.unknown
     );
     let config = JournalConfig::after(&recovery, shards);
     let plans = results

@@ -92,7 +92,8 @@ impl StatusLine {
         StatusLine {
             shards,
             pending: vec![None; shards],
-            last: None,
+            // From zero: the first line covers the first interval.
+            last: Some((Instant::now(), Snapshot::merge(&[]))),
         }
     }
 
@@ -106,7 +107,7 @@ impl StatusLine {
         let now = Instant::now();
         let merged = Snapshot::merge(&all);
         if let Some((then, last)) = &self.last {
-            eprintln!("{}", status_text(now - *then, last, &merged));
+            crate::log_line!("{}", status_text(now - *then, last, &merged));
         }
         self.last = Some((now, merged));
         debug_assert_eq!(all.len(), self.shards);
@@ -120,7 +121,7 @@ fn status_text(elapsed: Duration, before: &Snapshot, now: &Snapshot) -> String {
     let _ = interval.subtract(before.all());
     let exhausted = now.store.exhausted_users - before.store.exhausted_users;
     format!(
-        "shardfeed: {:.0} req/s, {:.1}% forwarded, p99 {} us, {} users exhausted their feed ({} in all)",
+        "{:.0} feed req/s, {:.1}% forwarded, p99 {} us, {} users exhausted their feed ({} in all)",
         requests as f64 / elapsed.as_secs_f64().max(1e-9),
         100.0 * forwarded as f64 / requests.max(1) as f64,
         interval.value_at_percentile(99.0),

@@ -331,3 +331,133 @@ pub fn run_in_shell(prefix: &str, args: &[&str]) -> Output {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A server process whose stderr is collected as it comes (so that tests
+/// can wait for a log line), started without waiting for anything.
+pub struct Spawned {
+    pub child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Spawned {
+    /// Starts `shardfeed serve ARGS` (no `--listen` added).
+    pub fn serve(args: &[&str]) -> Spawned {
+        Spawned::command(Command::new(BIN).arg("serve").args(args))
+    }
+
+    /// Starts `cmd` with piped stdout and stderr.
+    pub fn command(cmd: &mut Command) -> Spawned {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the process");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Spawned {
+            child,
+            stderr: text,
+            stdout,
+        }
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `limit`) for a stderr line containing `pattern`.
+    pub fn wait_stderr(&self, pattern: &str, limit: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.stderr().lines().find(|l| l.contains(pattern)) {
+                return line.to_string();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no {pattern:?} on stderr within {limit:?}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The address of a stderr line `... <pattern> ADDR...`.
+    pub fn wait_addr(&self, pattern: &str, limit: Duration) -> SocketAddr {
+        let line = self.wait_stderr(pattern, limit);
+        let rest = &line[line.find(pattern).unwrap() + pattern.len()..];
+        let word = rest.split_whitespace().next().unwrap();
+        word.trim_end_matches([';', ',', ')']).parse().unwrap()
+    }
+
+    /// Reads the `listening on ADDR` line from stdout.
+    pub fn listening(&mut self) -> SocketAddr {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ");
+        addr.unwrap_or_else(|| panic!("{line:?}; stderr: {}", self.stderr()))
+            .parse()
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its status, the
+    /// rest of its stdout and how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, String, Duration) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "still running after {limit:?}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = started.elapsed();
+        let mut rest = String::new();
+        let _ = self.stdout.read_to_string(&mut rest);
+        (status, rest, took)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request (raw bytes) on a new connection; the response.
+pub fn request(addr: SocketAddr, raw: &str) -> Response {
+    let mut c = Client::connect(addr);
+    c.send(raw.as_bytes());
+    c.response()
+}
+
+/// Says loudly (past the test harness's capture) that `test` was skipped
+/// for want of a component, or fails if `SHARDFEED_REQUIRE_COMPONENTS` is
+/// set (as `scripts/test` and `.ci/run` do, having installed them).
+pub fn skipped(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("SHARDFEED_REQUIRE_COMPONENTS").is_none(),
+        "{test}: {why}, and SHARDFEED_REQUIRE_COMPONENTS is set"
+    );
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***\n");
+}
