@@ -336,7 +336,10 @@ fn a_full_disk_degrades_and_recovers_by_itself() {
         .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", path_str(&state)])
         .status();
     if !mount.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED a_full_disk_degrades_and_recovers_by_itself: cannot mount a tmpfs (needs root; .ci/run runs as root)");
+        skipped(
+            "a_full_disk_degrades_and_recovers_by_itself",
+            "cannot mount a tmpfs (needs root; .ci/run runs as root)",
+        );
         return;
     }
     struct Unmount<'a>(&'a Path);
