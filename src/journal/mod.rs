@@ -54,7 +54,10 @@
 //!   group commit with less than a unit of records pads the unit (unused
 //!   record slots, pad sectors) and the next write starts at the next unit;
 //!   that padding counts in the bytes written.
-//! - Segments are preallocated (`fallocate`) to their size and a record is
+//! - A new segment is made as a free file, preallocated (`fallocate`),
+//!   written with zeros and synced (so that later fdatasyncs only flush
+//!   data, not ext4's conversion of unwritten extents), then used like a
+//!   recycled one. A record is
 //!   acknowledged only after its segment's header and directory entry are
 //!   durable. A rotation or a clean stop writes a seal sector.
 //! - After a write or sync error the segment is abandoned: the records not
