@@ -127,5 +127,6 @@ pub enum Action {
     Fail(HttpError),
 }
 
-/// The methods every known path takes, for `Allow`.
-pub const ALLOW: &str = "GET, HEAD, OPTIONS";
+/// The methods every known path takes: the `Allow` header of `OPTIONS` and
+/// `405` answers.
+pub const ALLOW_HEADER: &[u8] = b"Allow: GET, HEAD, OPTIONS\r\n";

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{HttpError, Persist, ALLOW};
+use super::{HttpError, Persist, ALLOW_HEADER};
 
 thread_local! {
     static CACHED: Cell<HttpDate> = Cell::new(HttpDate::now());
@@ -138,10 +138,7 @@ pub fn encode_health(out: &mut Vec<u8>, date: &HttpDate, f: Framing, ok: bool, b
 
 /// Appends `204 No Content`: a `/feed` page with nothing for this user.
 pub fn encode_no_content(out: &mut Vec<u8>, date: &HttpDate, persist: Persist) {
-    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nServer: shardfeed\r\nDate: ");
-    out.extend_from_slice(date.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    end_head(out, persist);
+    write_204(out, date, b"", persist);
 }
 
 /// Appends a `200` answer with the given body and content type.
@@ -168,11 +165,16 @@ pub fn encode_body(
 
 /// Appends the `OPTIONS` answer: `204` with `Allow`, no body.
 pub fn encode_options(out: &mut Vec<u8>, date: &HttpDate, persist: Persist) {
+    write_204(out, date, ALLOW_HEADER, persist);
+}
+
+/// A `204 No Content` head (no `Content-Length`, RFC 9110), with `extra`
+/// header lines.
+fn write_204(out: &mut Vec<u8>, date: &HttpDate, extra: &[u8], persist: Persist) {
     out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nServer: shardfeed\r\nDate: ");
     out.extend_from_slice(date.as_bytes());
-    out.extend_from_slice(b"\r\nAllow: ");
-    out.extend_from_slice(ALLOW.as_bytes());
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
     end_head(out, persist);
 }
 

@@ -128,7 +128,7 @@ impl HttpError {
     /// A header this answer needs besides the usual ones.
     pub(super) fn extra_header(self) -> &'static [u8] {
         match self {
-            HttpError::MethodNotAllowed => b"Allow: GET, HEAD, OPTIONS\r\n",
+            HttpError::MethodNotAllowed => super::ALLOW_HEADER,
             HttpError::Overloaded | HttpError::TooManyConnections => b"Retry-After: 1\r\n",
             HttpError::Unauthorized(Problem::Missing) => {
                 b"WWW-Authenticate: Bearer realm=\"shardfeed\"\r\n"
