@@ -364,7 +364,7 @@ pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
 }
 
 /// A page that waits before it can be answered: for the owner's reply, or
-/// for the progress it made to reach the journal ([`answers_wait`]; every
+/// for the progress it made to reach the journal (`answers_wait`; every
 /// page waiting in one executor loop shares one write and one fdatasync).
 pub enum Waiting {
     Reply(Ticket),

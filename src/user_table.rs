@@ -21,7 +21,7 @@ pub struct Entry {
     user: u32,
     /// Number of items. `u32`: a feed is at most 2^32 items.
     pub len: u32,
-    /// First item in the store's item array; [`EMPTY`] in an empty slot.
+    /// First item in the store's item array; `EMPTY` in an empty slot.
     pub start: u64,
     /// Items already served (`<= len`).
     pub served: u32,

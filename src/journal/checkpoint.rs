@@ -38,7 +38,7 @@ struct CheckpointFile {
     pos: u64,
 }
 
-/// A checkpoint being written: [`ShardJournal::checkpoint`], then `add` the
+/// A checkpoint being written: [`ShardJournal::checkpoint`](super::ShardJournal::checkpoint), then `add` the
 /// progress of every user the shard owns (each once, in chunks), then
 /// [`Checkpoint::finish`]. Dropped unfinished, it leaves only a `.tmp` file
 /// that the next start removes.
