@@ -61,6 +61,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod conn;
 pub mod counters;
 pub mod decimal;
@@ -74,6 +75,7 @@ pub mod journal;
 pub mod load;
 pub mod log;
 pub mod metrics;
+pub mod nginx;
 pub mod server;
 pub mod session;
 pub mod shard;
