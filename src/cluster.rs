@@ -76,6 +76,15 @@ pub struct Owner {
     pub shard: usize,
 }
 
+/// One instance of a cluster: what `serve --cluster FILE --instance NAME`
+/// runs as.
+#[derive(Debug, Clone)]
+pub struct ClusterSeat {
+    pub cluster: std::sync::Arc<Cluster>,
+    /// Index of this instance in `cluster.instances`.
+    pub instance: usize,
+}
+
 /// A parsed cluster file and its ownership table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {

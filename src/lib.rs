@@ -39,6 +39,10 @@
 //!   once per connection and token.
 //! - [`log`]: timestamped, rate-limited log lines on stderr.
 //! - [`watchdog`]: connection deadlines without a timer per request.
+//! - [`cluster`]: the cluster file (`serve --cluster`) and the one
+//!   ownership function over all (instance, shard) pairs, the same as the
+//!   generated nginx front's; [`nginx`]: that front (`nginx-conf`).
+//!   `server/ports.rs` binds each shard's own port.
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs); [`cli`]:
 //!   the command line.
 //! - [`counters`]: the macro that declares a counter struct once (fields,

@@ -161,3 +161,159 @@ fn nginx_routes_every_id_as_cluster_owner() {
         assert_eq!(client.get(other).body, "sf_any", "{other}");
     }
 }
+
+/// The sum over shards of a Prometheus family, from `/metrics`.
+fn metric_sum(addr: SocketAddr, family: &str) -> u64 {
+    let text = Client::connect(addr).get("/metrics").body;
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn start_instance(cluster: &Path, name: &str, feeds: &Path, pool: &Path, state: &Path) -> Spawned {
+    let mut s = Spawned::serve(&[
+        "--cluster",
+        path_str(cluster),
+        "--instance",
+        name,
+        "--feed",
+        path_str(feeds),
+        "--fallback",
+        path_str(pool),
+        "--state-dir",
+        path_str(state),
+        "--no-pin",
+    ]);
+    s.listening();
+    s
+}
+
+/// SPEC "Beyond one machine", on loopback: two instances x two shards
+/// behind the generated nginx front.
+#[test]
+fn two_instances_behind_the_generated_nginx() {
+    let Some(bin) = nginx_binary("two_instances_behind_the_generated_nginx") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-nginx");
+    let (feeds, pool) = known_files(&dir);
+    let (pa, pb, pf) = (free_ports(2), free_ports(2), free_ports(0));
+    let text = format!("# test cluster\na 127.0.0.1:{pa} 2\nb 127.0.0.1:{pb} 2\n");
+    let file = dir.file("cluster.txt", &text);
+    let cluster = Cluster::parse(&text).unwrap();
+    let states = [dir.0.join("state-a"), dir.0.join("state-b")];
+    let mut a = start_instance(&file, "a", &feeds, &pool, &states[0]);
+    let mut b = start_instance(&file, "b", &feeds, &pool, &states[1]);
+    let direct: [SocketAddr; 2] = [pa, pb].map(|p| format!("127.0.0.1:{p}").parse().unwrap());
+
+    let conf = run(&[
+        "nginx-conf",
+        "--cluster",
+        path_str(&file),
+        "--listen",
+        &format!("127.0.0.1:{pf}"),
+    ]);
+    assert!(conf.status.success(), "{conf:?}");
+    let front: SocketAddr = format!("127.0.0.1:{pf}").parse().unwrap();
+    let nginx = Nginx::start(&bin, &dir, &String::from_utf8(conf.stdout).unwrap(), front);
+
+    // Each user is personalized on exactly one instance: its owner.
+    let users: [u64; 2] = direct.map(|d| metric_sum(d, "shardfeed_feed_users"));
+    assert_eq!(users[0] + users[1], USERS as u64, "{users:?}");
+    let owner = |u: u32| cluster.owner(u).instance;
+    assert_eq!(
+        users[0],
+        (1..=USERS).filter(|&u| owner(u) == 0).count() as u64
+    );
+
+    // Through the front: the first 10 items of every user, in order, local.
+    let mut served: Vec<Vec<u32>> = vec![Vec::new(); USERS as usize + 1];
+    let mut c = Client::connect(front);
+    for u in 1..=USERS {
+        for _ in 0..2 {
+            let r = c.get(&format!("/feed/{u}?size=5"));
+            assert_eq!(r.header("Shardfeed-Degraded"), None, "{r:?}");
+            let items = r.items();
+            served[u as usize].extend(items.iter().filter(|&&i| i < 900_000));
+        }
+    }
+    for d in direct {
+        assert_eq!(metric_sum(d, "shardfeed_forwarded_out_total"), 0);
+        assert_eq!(metric_sum(d, "shardfeed_misdirected_total"), 0);
+    }
+    // Other paths go to any instance.
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(c.get("/feed/x").status, 422);
+
+    // A client bypassing the front: the non-owner answers fallback items,
+    // degraded, without progress; the owner then continues.
+    let u = (1..=USERS)
+        .find(|&u| owner(u) == 1 && feed_len(u) > 20)
+        .unwrap();
+    let r = Client::connect(direct[0]).get(&format!("/feed/{u}?size=4"));
+    assert_eq!(r.header("Shardfeed-Degraded"), Some("not-owner"));
+    assert!(r.items().iter().all(|i| POOL.contains(i)), "{r:?}");
+    assert_eq!(metric_sum(direct[0], "shardfeed_misdirected_total"), 1);
+
+    // Instance b stops: its users get degraded pages from a, a's users
+    // are unaffected.
+    let (status, _, _) = {
+        b.signal(libc::SIGTERM);
+        b.wait_exit(Duration::from_secs(20))
+    };
+    assert!(status.success());
+    for u in 1..=USERS {
+        let r = c.get(&format!("/feed/{u}?size=3"));
+        assert_eq!(r.status, 200, "{r:?}");
+        if owner(u) == 1 {
+            assert_eq!(r.header("Shardfeed-Degraded"), Some("not-owner"), "{u}");
+            assert!(r.items().iter().all(|i| POOL.contains(i)), "{r:?}");
+        } else {
+            assert_eq!(r.header("Shardfeed-Degraded"), None, "{u}");
+            served[u as usize].extend(r.items().iter().filter(|&&i| i < 900_000));
+        }
+    }
+    // b returns with its state: its users continue where they were.
+    b = start_instance(&file, "b", &feeds, &pool, &states[1]);
+    let started = Instant::now();
+    let probe = (1..=USERS).find(|&u| owner(u) == 1).unwrap();
+    let mut c = loop {
+        // HEAD: no progress either way.
+        let mut c = Client::connect(front);
+        c.send(format!("HEAD /feed/{probe} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c.head_response();
+        if r.header("Shardfeed-Degraded").is_none() {
+            break c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b did not return"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for u in 1..=USERS {
+        loop {
+            let r = c.get(&format!("/feed/{u}?size=7"));
+            assert_eq!(r.header("Shardfeed-Degraded"), None, "{u}: {r:?}");
+            let mine: Vec<u32> = r.items().into_iter().filter(|&i| i < 900_000).collect();
+            if mine.is_empty() {
+                break;
+            }
+            served[u as usize].extend(mine);
+        }
+        assert_eq!(
+            served[u as usize],
+            feed_of(u),
+            "user {u}: every item once, in order"
+        );
+    }
+    for d in direct {
+        assert_eq!(metric_sum(d, "shardfeed_forwarded_out_total"), 0);
+    }
+    drop(nginx);
+    for s in [&mut a, &mut b] {
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_exit(Duration::from_secs(20)).0.success());
+    }
+}
