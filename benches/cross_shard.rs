@@ -66,6 +66,7 @@ fn main() {
                 let me = shard::start(ShardParts {
                     id: ShardId(i),
                     shards: SHARDS,
+                    cluster: None,
                     store,
                     max_size: 100,
                     max_in_flight: MAX_IN_FLIGHT,

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use std::sync::Arc;
+
+use crate::cluster::{Cluster, ClusterSeat};
 use crate::conn::ConnLimits;
 use crate::host;
 use crate::http::{self, Limits};
@@ -41,6 +44,85 @@ pub enum Command {
     /// Print the latency distribution of each shard in a histogram log
     /// (written with `serve --histogram-log`).
     Latency(LatencyArgs),
+    /// Print the nginx configuration (for the `http` block of nginx 1.18+)
+    /// that fronts a cluster: every /feed/{id} straight to the shard port
+    /// that owns the user, everything else to any live instance.
+    NginxConf(NginxConfArgs),
+    /// Print which instance and shard own user ids, under a cluster file
+    /// (ids as arguments, or one per line on standard input).
+    Owner(OwnerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NginxConfArgs {
+    /// The cluster file (`NAME HOST:PORT SHARDS` per line).
+    #[arg(long, value_name = "FILE")]
+    pub cluster: PathBuf,
+    /// Where the nginx server listens (nginx `listen` syntax, e.g. `80`,
+    /// `127.0.0.1:8000`).
+    #[arg(long, value_name = "ADDR", default_value = "80")]
+    pub listen: String,
+}
+
+impl NginxConfArgs {
+    pub fn run(&self) -> Result<(), String> {
+        let cluster = Cluster::from_file(&self.cluster)?;
+        if self.listen.is_empty() || self.listen.contains([';', '{', '}', ' ', '\n']) {
+            return Err(format!(
+                "--listen `{}` is not an nginx address",
+                self.listen
+            ));
+        }
+        let source = self.cluster.display().to_string();
+        print!("{}", crate::nginx::config(&cluster, &self.listen, &source));
+        Ok(())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct OwnerArgs {
+    /// The cluster file.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: PathBuf,
+    /// User ids [default: one per line on standard input].
+    pub ids: Vec<u32>,
+}
+
+impl OwnerArgs {
+    /// Prints `ID INSTANCE SHARD HOST:SHARD_PORT` per id.
+    pub fn run(&self) -> Result<(), String> {
+        use std::io::{BufRead, Write};
+        let cluster = Cluster::from_file(&self.cluster)?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut say = |id: u32| {
+            let o = cluster.owner(id);
+            let i = &cluster.instances[o.instance];
+            writeln!(out, "{id} {} {} {}", i.name, o.shard, i.shard_port(o.shard))
+        };
+        let result = if self.ids.is_empty() {
+            let mut r = Ok(());
+            for (no, line) in std::io::stdin().lock().lines().enumerate() {
+                let line = line.map_err(|e| format!("cannot read standard input: {e}"))?;
+                let id = line
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("line {}: `{}` is not a user id", no + 1, line.trim()))?;
+                r = say(id);
+                if r.is_err() {
+                    break;
+                }
+            }
+            r
+        } else {
+            self.ids.iter().try_for_each(|&id| say(id))
+        };
+        match result.and_then(|()| out.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(format!("cannot write: {e}"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +226,16 @@ pub struct ServeArgs {
     /// Number of shards (one pinned executor each) [default: all available CPUs].
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Serve as one instance of the cluster in FILE (`NAME HOST:PORT SHARDS`
+    /// per line): listen where its line says (shard i also on PORT+1+i),
+    /// load only the users the cluster gives it, answer others' users with
+    /// fallback items (`Shardfeed-Degraded: not-owner`). Needs --instance.
+    /// Replaces --listen and --shards.
+    #[arg(long, value_name = "FILE", requires = "instance", conflicts_with_all = ["listen", "shards"])]
+    pub cluster: Option<PathBuf>,
+    /// With --cluster: this instance's NAME in the cluster file.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub instance: Option<String>,
     /// CPUs to run shards on, e.g. `0-3,8` [default: all available].
     #[arg(long)]
     pub cpus: Option<String>,
@@ -300,7 +392,22 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 
 impl ServeArgs {
     pub fn config(&self) -> Result<ServeConfig, String> {
-        let cpus = host::choose_cpus(self.cpus.as_deref(), self.shards, &host::available_cpus())?;
+        let (listen, shards, cluster) = match (&self.cluster, &self.instance) {
+            (Some(file), Some(name)) => {
+                let cluster = Cluster::from_file(file)?;
+                let instance = cluster.find(name)?;
+                let me = &cluster.instances[instance];
+                let listen = me.listen_addr()?;
+                let shards = me.shards;
+                let seat = ClusterSeat {
+                    cluster: Arc::new(cluster),
+                    instance,
+                };
+                (listen, Some(shards), Some(seat))
+            }
+            _ => (self.listen, self.shards, None),
+        };
+        let cpus = host::choose_cpus(self.cpus.as_deref(), shards, &host::available_cpus())?;
         if self.max_size == 0 || self.max_size > MAX_PAGE {
             return Err(format!("--max-size must be between 1 and {MAX_PAGE}"));
         }
@@ -338,12 +445,13 @@ impl ServeArgs {
         };
         if self
             .admin_listen
-            .is_some_and(|a| a == self.listen && a.port() != 0)
+            .is_some_and(|a| a == listen && a.port() != 0)
         {
             return Err("--admin-listen must differ from --listen".into());
         }
         Ok(ServeConfig {
-            listen: self.listen,
+            cluster,
+            listen,
             admin_listen: self.admin_listen,
             drain: self.drain,
             jwt_secret: self.jwt_secret.clone(),

@@ -22,6 +22,10 @@ pub enum Unserved {
     NothingToServe,
     /// Too many requests in flight to the user's owner: try again.
     Overloaded,
+    /// Another instance of the cluster owns the user: the page holds
+    /// fallback items only (answered `200`, `Shardfeed-Degraded:
+    /// not-owner`). Decided in `shard.rs`, never by the store.
+    NotOwner,
 }
 
 /// A page buffer and what became of the request it was taken for. The
@@ -395,6 +399,17 @@ impl Store {
         c.personalized_items += personalized as u64;
         c.fallback_items += fallback as u64;
         Ok(())
+    }
+
+    /// Fills `page` with up to `size` fallback items only, for a user this
+    /// store does not own (a misdirected request): no user's progress
+    /// changes. Rotates the pool and counts only if `serve`.
+    pub fn fallback_page(&mut self, size: usize, page: &mut Vec<u32>, serve: bool) {
+        page.clear();
+        let added = self.top_up(page, size, serve);
+        if serve {
+            self.counters.fallback_items += added as u64;
+        }
     }
 
     /// Fills `page` up to `size` from the pool, skipping items already on it.

@@ -19,8 +19,8 @@ mod error;
 
 pub use decode::{decode, route};
 pub use encode::{
-    cached_date, encode_body, encode_continue, encode_error, encode_health, encode_no_content,
-    encode_options, encode_page, refresh_date, Framing, HttpDate,
+    cached_date, encode_body, encode_continue, encode_degraded_page, encode_error, encode_health,
+    encode_no_content, encode_options, encode_page, refresh_date, Framing, HttpDate,
 };
 pub use error::{HttpError, IdProblem, SizeProblem};
 

@@ -39,6 +39,10 @@
 //!   once per connection and token.
 //! - [`log`]: timestamped, rate-limited log lines on stderr.
 //! - [`watchdog`]: connection deadlines without a timer per request.
+//! - [`cluster`]: the cluster file (`serve --cluster`) and the one
+//!   ownership function over all (instance, shard) pairs, the same as the
+//!   generated nginx front's; [`nginx`]: that front (`nginx-conf`).
+//!   `server/ports.rs` binds each shard's own port.
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs); [`cli`]:
 //!   the command line.
 //! - [`counters`]: the macro that declares a counter struct once (fields,
@@ -61,6 +65,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod conn;
 pub mod counters;
 pub mod decimal;
@@ -74,6 +79,7 @@ pub mod journal;
 pub mod load;
 pub mod log;
 pub mod metrics;
+pub mod nginx;
 pub mod server;
 pub mod session;
 pub mod shard;

@@ -7,6 +7,8 @@ fn main() {
         Command::Serve(args) => args.config().and_then(shardfeed::server::serve),
         Command::Gen(args) => args.run(),
         Command::Latency(args) => args.run(),
+        Command::NginxConf(args) => args.run(),
+        Command::Owner(args) => args.run(),
     };
     if let Err(message) = result {
         eprintln!("shardfeed: error: {message}");

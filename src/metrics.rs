@@ -75,6 +75,10 @@ counters! {
         forwarded_out: Counter,
         /// Requests received from other shards.
         forwarded_in: Counter,
+        /// Feed requests for users another cluster instance owns, answered with fallback items.
+        ///
+        /// Header `Shardfeed-Degraded: not-owner`; no progress changes.
+        misdirected: Counter,
         /// Requests answered 503 because a cross-shard queue was full.
         ///
         /// Also counts a full in-flight table (no ticket for one more forward).

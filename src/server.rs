@@ -26,6 +26,7 @@
 
 mod listen;
 mod loading;
+mod ports;
 mod state;
 mod status;
 
@@ -41,6 +42,7 @@ use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::auth::Verifier;
+use crate::cluster::ClusterSeat;
 use crate::conn::{self, ConnLimits};
 use crate::health::{Health, Phase};
 use crate::histlog::{HistogramLog, Interval};
@@ -96,6 +98,9 @@ pub struct ServeConfig {
     pub coop_taskrun: bool,
     /// Keep progress on disk (`--state-dir`, `--fsync`).
     pub state: Option<StateConfig>,
+    /// `--cluster FILE --instance NAME`: this process is one instance; its
+    /// shards also listen on their own ports (see `server/ports.rs`).
+    pub cluster: Option<ClusterSeat>,
 }
 
 /// What shards, stop handles and the signal thread tell the supervisor.
@@ -255,16 +260,20 @@ fn launch(
         Some(path) => Some(Arc::new(Verifier::from_file(path)?)),
         None => None,
     };
+    let own_ports = ports::bind_shard_ports(config.cluster.as_ref(), listeners.addr)?;
     let all_sockets = listeners
         .sockets
         .iter()
-        .chain(admin.iter().flat_map(|a| &a.sockets));
+        .chain(admin.iter().flat_map(|a| &a.sockets))
+        .chain(own_ports.iter().flatten());
     let responder = loading::Responder::start(all_sockets, health.clone())?;
     let recovery = state::recover(config.state.as_ref())?;
+    let ownership = shard::Ownership::new(shards, config.cluster.clone());
+    // A user of another instance belongs to no shard here.
     let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, |user| {
-        shard::owner_of(user, shards)
+        ownership.shard_of(user).unwrap_or(ShardId(usize::MAX))
     })?;
-    let state = state::restore(config.state.as_ref(), recovery, &mut stores);
+    let state = state::restore(config.state.as_ref(), recovery, &mut stores, &ownership);
     let histogram_log = match &config.histogram_log {
         Some(path) => Some(HistogramLog::create(path, SystemTime::now())?),
         None => None,
@@ -272,6 +281,7 @@ fn launch(
     responder.stop();
     let admin_addr = admin.as_ref().map(|a| a.addr);
     let mut admin_sockets = admin.map(|a| a.sockets.into_iter());
+    let mut own_ports = own_ports.into_iter();
     if config.coop_taskrun {
         uring::enable_coop_taskrun();
     }
@@ -289,6 +299,7 @@ fn launch(
         let parts = ShardParts {
             id: ShardId(i),
             shards,
+            cluster: config.cluster.clone(),
             store,
             max_size: config.conn_limits.http.max_size,
             max_in_flight: config.max_in_flight,
@@ -304,6 +315,7 @@ fn launch(
             health: health.clone(),
             jwt: jwt.clone(),
             admin: admin_sockets.as_mut().and_then(Iterator::next),
+            own_port: own_ports.next().flatten(),
         };
         start_shard(parts, listener, life)?;
     }
@@ -496,6 +508,8 @@ struct ShardLife {
     jwt: Option<Arc<Verifier>>,
     /// This shard's `--admin-listen` listener.
     admin: Option<std::net::TcpListener>,
+    /// This shard's own port (`--cluster`), served like the public one.
+    own_port: Option<std::net::TcpListener>,
 }
 
 impl ShardLife {
@@ -543,10 +557,21 @@ impl ShardLife {
                 accept_loop(listener, &shard, endpoint, limits, &gate).await;
             }
         };
+        // SAFETY: the descriptor comes from a listening socket we own.
+        let own_port = self
+            .own_port
+            .map(|l| unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) });
+        let own_loop = async {
+            if let Some(listener) = &own_port {
+                accept_loop(listener, &shard, &public, limits, &gate).await;
+            }
+        };
         let public_loop = accept_loop(&listener, &shard, &public, limits, &gate);
-        futures_lite::future::zip(public_loop, admin_loop).await;
+        futures_lite::future::zip(public_loop, futures_lite::future::zip(admin_loop, own_loop))
+            .await;
         drop(listener);
         drop(admin);
+        drop(own_port);
         let drain = gate.close();
         let _ = glommio::timer::timeout(self.config.shutdown_timeout, drain).await;
 

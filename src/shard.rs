@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::{GlommioError, ResourceType};
 
+use crate::cluster::ClusterSeat;
 use crate::feed::{Page, Store, Unserved};
 use crate::hash::mix64;
 use crate::journal::{self, FsyncPolicy, Lsn, ShardJournal};
@@ -78,6 +79,45 @@ pub fn owner_of(user: u32, shards: usize) -> ShardId {
     ShardId((mix64(user as u64 ^ OWNER_SEED) % shards as u64) as usize)
 }
 
+/// Which users this process's shards own, and which shard each.
+///
+/// Alone, a process owns every user ([`owner_of`]). As instance `instance`
+/// of a cluster (`serve --cluster`), it owns the users that
+/// [`crate::cluster::Cluster::owner`] gives it, its shard `i` those of pair
+/// (`instance`, `i`); any other user is *misdirected* here: answered with
+/// fallback items, no progress anywhere (SPEC "Beyond one machine").
+#[derive(Debug, Clone)]
+pub enum Ownership {
+    Alone { shards: usize },
+    Cluster(ClusterSeat),
+}
+
+impl Ownership {
+    pub fn new(shards: usize, cluster: Option<ClusterSeat>) -> Ownership {
+        match cluster {
+            Some(seat) => {
+                let own = seat.cluster.instances[seat.instance].shards;
+                assert_eq!(own, shards, "an instance runs the shards its line says");
+                Ownership::Cluster(seat)
+            }
+            None => Ownership::Alone { shards },
+        }
+    }
+
+    /// The shard of this process that owns `user`; `None`: another
+    /// instance does. Allocates nothing.
+    #[inline]
+    pub fn shard_of(&self, user: u32) -> Option<ShardId> {
+        match self {
+            Ownership::Alone { shards } => Some(owner_of(user, *shards)),
+            Ownership::Cluster(seat) => {
+                let o = seat.cluster.owner(user);
+                (o.instance == seat.instance).then_some(ShardId(o.shard))
+            }
+        }
+    }
+}
+
 /// A page request forwarded from its origin shard to the user's owner.
 ///
 /// Contract:
@@ -111,7 +151,7 @@ pub struct PageReply {
 /// One shard's state, shared by its tasks (never across cores).
 pub struct Shard {
     pub id: ShardId,
-    shards: usize,
+    ownership: Ownership,
     /// Only this shard's users; only this shard's tasks touch it.
     store: RefCell<Store>,
     /// `peers[p]`: request channel to shard p (`None` for ourselves).
@@ -136,7 +176,9 @@ impl Shard {
     /// else forwarded to the owner. Give the page's buffer back with
     /// [`Shard::recycle`] once it is written.
     pub fn page(self: &Rc<Self>, ask: PageAsk, now: Instant) -> Pending<Waiting> {
-        let owner = owner_of(ask.user, self.shards);
+        let Some(owner) = self.ownership.shard_of(ask.user) else {
+            return Pending::Ready(self.misdirected(ask));
+        };
         let items = self.take_buffer();
         if owner == self.id {
             let (page, lsn) = self.serve_here(ask, items);
@@ -180,7 +222,11 @@ impl Shard {
     /// serves the page and, if it moved the user on, queues the new
     /// progress in the journal (memory only), whose LSN it returns.
     fn serve_here(&self, ask: PageAsk, mut items: Vec<u32>) -> (Page, Option<Lsn>) {
-        debug_assert_eq!(owner_of(ask.user, self.shards), self.id, "only the owner");
+        debug_assert_eq!(
+            self.ownership.shard_of(ask.user),
+            Some(self.id),
+            "only the owner"
+        );
         let size = ask.size as usize;
         let mut store = self.store.borrow_mut();
         let outcome = store.page(ask.user, size, &mut items, !ask.peek);
@@ -195,6 +241,21 @@ impl Shard {
             _ => None,
         };
         (Page { items, outcome }, lsn)
+    }
+
+    /// A user of another instance: fallback items only, no progress
+    /// changes anywhere, counted; answered with `Shardfeed-Degraded:
+    /// not-owner`. Not cold: while an instance is down, the front sends its
+    /// users here.
+    fn misdirected(&self, ask: PageAsk) -> Page {
+        let mut items = self.take_buffer();
+        self.metrics.borrow_mut().counters.misdirected += 1;
+        let mut store = self.store.borrow_mut();
+        store.fallback_page(ask.size as usize, &mut items, !ask.peek);
+        Page {
+            items,
+            outcome: Err(Unserved::NotOwner),
+        }
     }
 
     #[cold]
@@ -301,6 +362,8 @@ impl Backend for Rc<Shard> {
 pub struct ShardParts {
     pub id: ShardId,
     pub shards: usize,
+    /// `serve --cluster`: the instance this process is.
+    pub cluster: Option<ClusterSeat>,
     pub store: Store,
     /// Largest page, for the capacity of page buffers.
     pub max_size: u16,
@@ -336,7 +399,7 @@ pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
     let control = mesh::connect(parts.links.control).await;
     let shard = Rc::new(Shard {
         id: parts.id,
-        shards: parts.shards,
+        ownership: Ownership::new(parts.shards, parts.cluster),
         store: RefCell::new(parts.store),
         peers: pages.requests_to,
         tickets: RefCell::new(Tickets::new(parts.max_in_flight)),

@@ -88,7 +88,9 @@ proptest! {
                     prop_assert_eq!(served as usize, page.len());
                 }
                 Err(Unserved::NothingToServe) => prop_assert!(want.is_empty()),
-                Err(Unserved::Overloaded) => prop_assert!(false, "a store is never overloaded"),
+                Err(Unserved::Overloaded | Unserved::NotOwner) => {
+                    prop_assert!(false, "a store is never overloaded nor asked for others' users")
+                }
             }
         }
         // Every personalized item was served at most once, in order.

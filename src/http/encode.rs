@@ -102,12 +102,35 @@ impl Framing {
 
 /// Appends a `200` answer whose body is the JSON array of `items`.
 pub fn encode_page(out: &mut Vec<u8>, date: &HttpDate, f: Framing, items: &[u32]) {
+    encode_page_with(out, date, f, items, b"")
+}
+
+/// Appends a `200` page that says it is degraded and why
+/// (`Shardfeed-Degraded: REASON`).
+pub fn encode_degraded_page(
+    out: &mut Vec<u8>,
+    date: &HttpDate,
+    f: Framing,
+    items: &[u32],
+    reason: &str,
+) {
+    let mut header = [0u8; 64];
+    let text = b"Shardfeed-Degraded: ";
+    let n = text.len() + reason.len() + 2;
+    assert!(n <= header.len(), "a short reason");
+    header[..text.len()].copy_from_slice(text);
+    header[text.len()..n - 2].copy_from_slice(reason.as_bytes());
+    header[n - 2..n].copy_from_slice(b"\r\n");
+    encode_page_with(out, date, f, items, &header[..n])
+}
+
+fn encode_page_with(out: &mut Vec<u8>, date: &HttpDate, f: Framing, items: &[u32], extra: &[u8]) {
     let body_len = if items.is_empty() {
         2
     } else {
         1 + items.iter().map(|&i| decimal_len(i) + 1).sum::<usize>()
     };
-    write_head(out, "200 OK", date, JSON, f.persist, b"", body_len);
+    write_head(out, "200 OK", date, JSON, f.persist, extra, body_len);
     if !f.body {
         return;
     }

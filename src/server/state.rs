@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::feed::{Progress, Restored, Store};
 use crate::journal::{self, DirLock, FsyncPolicy, JournalConfig, Recovery};
-use crate::shard::{owner_of, JournalPlan};
+use crate::shard::{JournalPlan, Ownership};
 
 /// `--state-dir` and `--fsync`.
 #[derive(Debug, Clone)]
@@ -42,12 +42,14 @@ pub(super) fn recover(state: Option<&StateConfig>) -> Result<Option<Recovery>, S
 }
 
 /// Gives every store its users' recovered progress (each user goes to its
-/// owner under this run's shard count), in parallel, and plans the
-/// journals.
+/// owner under this run's `ownership`: shard count and cluster layout), in
+/// parallel, and plans the journals. Users another instance owns are left
+/// out (and counted).
 pub(super) fn restore(
     state: Option<&StateConfig>,
     recovery: Option<Recovery>,
     stores: &mut [Store],
+    ownership: &Ownership,
 ) -> State {
     let shards = stores.len();
     let (Some(state), Some(recovery)) = (state, recovery) else {
@@ -59,7 +61,17 @@ pub(super) fn restore(
     for store in stores.iter_mut() {
         store.journal_progress();
     }
-    let parts = recovery.partition(shards, |user| owner_of(user, shards).0);
+    // Part `shards`: users of other instances, not restored here.
+    let parts = recovery.partition(shards + 1, |user| {
+        ownership.shard_of(user).map_or(shards, |s| s.0)
+    });
+    if !parts[shards].is_empty() {
+        crate::log_line!(
+            "{} users in the state directory belong to other instances of the cluster: \
+             not restored here (see the README, \"Changing the layout\")",
+            parts[shards].len()
+        );
+    }
     let read = recovery.report.took;
     let results: Vec<(Tally, Duration)> = std::thread::scope(|scope| {
         let threads: Vec<_> = stores

@@ -1,0 +1,319 @@
+//! A cluster behind a real nginx (SPEC "Beyond one machine"): the generated
+//! front's routing against `cluster::owner`, and two instances x two shards
+//! on loopback through it. Needs nginx (Debian `nginx-light`); skipped
+//! loudly without it (`scripts/test` installs it).
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use shardfeed::cluster::Cluster;
+use shardfeed::nginx;
+
+/// The nginx binary, or `None` (the test is then skipped loudly).
+fn nginx_binary(test: &str) -> Option<PathBuf> {
+    for p in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(p).exists() {
+            return Some(p.into());
+        }
+    }
+    skipped(test, "nginx is not installed (apt-get install nginx-light)");
+    None
+}
+
+/// A free loopback port `p` such that `p..=p+extra` are all free now.
+fn free_ports(extra: u16) -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p as u32 + extra as u32 > 65_000 {
+            continue;
+        }
+        let rest: Vec<_> = (1..=extra)
+            .map(|i| TcpListener::bind(("127.0.0.1", p + i)))
+            .collect();
+        if rest.iter().all(|r| r.is_ok()) {
+            return p;
+        }
+    }
+}
+
+/// An nginx with a private prefix, stopped (by PID) when dropped.
+struct Nginx {
+    child: Child,
+}
+
+impl Nginx {
+    /// Starts nginx with `http` (the inside of the http block) after
+    /// checking it with `nginx -t`.
+    fn start(bin: &Path, dir: &TempDir, http: &str, addr: SocketAddr) -> Nginx {
+        let prefix = dir.0.join("nginx");
+        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        let p = prefix.display();
+        let conf = format!(
+            "worker_processes 2;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+             events {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n \
+             client_body_temp_path {p}/body;\n proxy_temp_path {p}/proxy;\n \
+             fastcgi_temp_path {p}/fastcgi;\n uwsgi_temp_path {p}/uwsgi;\n \
+             scgi_temp_path {p}/scgi;\n{http}\n}}\n"
+        );
+        let path = prefix.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let check = Command::new(bin)
+            .args(["-t", "-p"])
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "nginx -t: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nginx did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; SIGQUIT would wait for
+        // keep-alive connections, SIGTERM stops at once.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx's `split_clients` and `map` route every id exactly as
+/// `Cluster::owner` does; non-canonical ids go to any instance.
+#[test]
+fn nginx_routes_every_id_as_cluster_owner() {
+    let Some(bin) = nginx_binary("nginx_routes_every_id_as_cluster_owner") else {
+        return;
+    };
+    let dir = TempDir::new("nginx-routing");
+    // Uneven shares (7 pairs: 14.29 % and 14.28 %) exercise the boundary
+    // arithmetic.
+    let cluster = Cluster::parse("a 127.0.0.1:9000 3\nb 127.0.0.1:9100 4\n").unwrap();
+    let port = free_ports(0);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http = format!(
+        "{}server {{ listen {addr}; keepalive_requests 100000; location / {{ return 200 \"$shardfeed_route\"; }} }}\n",
+        nginx::routing(&cluster)
+    );
+    let _nginx = Nginx::start(&bin, &dir, &http, addr);
+    let mut client = Client::connect(addr);
+    let mut ids: Vec<u32> = (0..5000).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    ids.extend((0..5000).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u32
+    }));
+    ids.extend([
+        241_453_554,
+        u32::MAX,
+        u32::MAX - 1,
+        999_999_999,
+        1_000_000_000,
+    ]);
+    for id in ids {
+        let o = cluster.owner(id);
+        let want = nginx::upstream_name(&cluster, o.instance, o.shard);
+        for target in [format!("/feed/{id}"), format!("/feed/{id}?size=3")] {
+            let got = client.get(&target).body;
+            assert_eq!(got, want, "{target}");
+        }
+    }
+    for other in [
+        "/feed/007",
+        "/feed/4294967296",
+        "/feed/99999999999",
+        "/feed/-1",
+        "/feed/x",
+        "/feed/",
+        "/feed/12/x",
+        "/healthz",
+        "/stats",
+    ] {
+        assert_eq!(client.get(other).body, "sf_any", "{other}");
+    }
+}
+
+/// The sum over shards of a Prometheus family, from `/metrics`.
+fn metric_sum(addr: SocketAddr, family: &str) -> u64 {
+    let text = Client::connect(addr).get("/metrics").body;
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn start_instance(cluster: &Path, name: &str, feeds: &Path, pool: &Path, state: &Path) -> Spawned {
+    let mut s = Spawned::serve(&[
+        "--cluster",
+        path_str(cluster),
+        "--instance",
+        name,
+        "--feed",
+        path_str(feeds),
+        "--fallback",
+        path_str(pool),
+        "--state-dir",
+        path_str(state),
+        "--no-pin",
+    ]);
+    s.listening();
+    s
+}
+
+/// SPEC "Beyond one machine", on loopback: two instances x two shards
+/// behind the generated nginx front.
+#[test]
+fn two_instances_behind_the_generated_nginx() {
+    let Some(bin) = nginx_binary("two_instances_behind_the_generated_nginx") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-nginx");
+    let (feeds, pool) = known_files(&dir);
+    let (pa, pb, pf) = (free_ports(2), free_ports(2), free_ports(0));
+    let text = format!("# test cluster\na 127.0.0.1:{pa} 2\nb 127.0.0.1:{pb} 2\n");
+    let file = dir.file("cluster.txt", &text);
+    let cluster = Cluster::parse(&text).unwrap();
+    let states = [dir.0.join("state-a"), dir.0.join("state-b")];
+    let mut a = start_instance(&file, "a", &feeds, &pool, &states[0]);
+    let mut b = start_instance(&file, "b", &feeds, &pool, &states[1]);
+    let direct: [SocketAddr; 2] = [pa, pb].map(|p| format!("127.0.0.1:{p}").parse().unwrap());
+
+    let conf = run(&[
+        "nginx-conf",
+        "--cluster",
+        path_str(&file),
+        "--listen",
+        &format!("127.0.0.1:{pf}"),
+    ]);
+    assert!(conf.status.success(), "{conf:?}");
+    let front: SocketAddr = format!("127.0.0.1:{pf}").parse().unwrap();
+    let nginx = Nginx::start(&bin, &dir, &String::from_utf8(conf.stdout).unwrap(), front);
+
+    // Each user is personalized on exactly one instance: its owner.
+    let users: [u64; 2] = direct.map(|d| metric_sum(d, "shardfeed_feed_users"));
+    assert_eq!(users[0] + users[1], USERS as u64, "{users:?}");
+    let owner = |u: u32| cluster.owner(u).instance;
+    assert_eq!(
+        users[0],
+        (1..=USERS).filter(|&u| owner(u) == 0).count() as u64
+    );
+
+    // Through the front: the first 10 items of every user, in order, local.
+    let mut served: Vec<Vec<u32>> = vec![Vec::new(); USERS as usize + 1];
+    let mut c = Client::connect(front);
+    for u in 1..=USERS {
+        for _ in 0..2 {
+            let r = c.get(&format!("/feed/{u}?size=5"));
+            assert_eq!(r.header("Shardfeed-Degraded"), None, "{r:?}");
+            let items = r.items();
+            served[u as usize].extend(items.iter().filter(|&&i| i < 900_000));
+        }
+    }
+    for d in direct {
+        assert_eq!(metric_sum(d, "shardfeed_forwarded_out_total"), 0);
+        assert_eq!(metric_sum(d, "shardfeed_misdirected_total"), 0);
+    }
+    // Other paths go to any instance.
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(c.get("/feed/x").status, 422);
+
+    // A client bypassing the front: the non-owner answers fallback items,
+    // degraded, without progress; the owner then continues.
+    let u = (1..=USERS)
+        .find(|&u| owner(u) == 1 && feed_len(u) > 20)
+        .unwrap();
+    let r = Client::connect(direct[0]).get(&format!("/feed/{u}?size=4"));
+    assert_eq!(r.header("Shardfeed-Degraded"), Some("not-owner"));
+    assert!(r.items().iter().all(|i| POOL.contains(i)), "{r:?}");
+    assert_eq!(metric_sum(direct[0], "shardfeed_misdirected_total"), 1);
+
+    // Instance b stops: its users get degraded pages from a, a's users
+    // are unaffected.
+    let (status, _, _) = {
+        b.signal(libc::SIGTERM);
+        b.wait_exit(Duration::from_secs(20))
+    };
+    assert!(status.success());
+    for u in 1..=USERS {
+        let r = c.get(&format!("/feed/{u}?size=3"));
+        assert_eq!(r.status, 200, "{r:?}");
+        if owner(u) == 1 {
+            assert_eq!(r.header("Shardfeed-Degraded"), Some("not-owner"), "{u}");
+            assert!(r.items().iter().all(|i| POOL.contains(i)), "{r:?}");
+        } else {
+            assert_eq!(r.header("Shardfeed-Degraded"), None, "{u}");
+            served[u as usize].extend(r.items().iter().filter(|&&i| i < 900_000));
+        }
+    }
+    // b returns with its state: its users continue where they were.
+    b = start_instance(&file, "b", &feeds, &pool, &states[1]);
+    let started = Instant::now();
+    let probe = (1..=USERS).find(|&u| owner(u) == 1).unwrap();
+    let mut c = loop {
+        // HEAD: no progress either way.
+        let mut c = Client::connect(front);
+        c.send(format!("HEAD /feed/{probe} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c.head_response();
+        if r.header("Shardfeed-Degraded").is_none() {
+            break c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b did not return"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for u in 1..=USERS {
+        loop {
+            let r = c.get(&format!("/feed/{u}?size=7"));
+            assert_eq!(r.header("Shardfeed-Degraded"), None, "{u}: {r:?}");
+            let mine: Vec<u32> = r.items().into_iter().filter(|&i| i < 900_000).collect();
+            if mine.is_empty() {
+                break;
+            }
+            served[u as usize].extend(mine);
+        }
+        assert_eq!(
+            served[u as usize],
+            feed_of(u),
+            "user {u}: every item once, in order"
+        );
+    }
+    for d in direct {
+        assert_eq!(metric_sum(d, "shardfeed_forwarded_out_total"), 0);
+    }
+    drop(nginx);
+    for s in [&mut a, &mut b] {
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_exit(Duration::from_secs(20)).0.success());
+    }
+}
