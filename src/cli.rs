@@ -92,30 +92,41 @@ impl LatencyArgs {
 
 #[derive(Debug, Args)]
 pub struct SyntheticArgs {
-    /// Synthetic users, with ids 1..=N.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub users: u32,
-    /// Items per synthetic user.
-    #[arg(long, default_value_t = 200)]
-    pub feed_len: u32,
-    /// Synthetic item ids are drawn from 0..N (skewed to low ids).
-    #[arg(long, default_value_t = 10_000_000)]
-    pub items: u32,
-    /// Seed of the synthetic data: same seed, same feeds.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    /// Synthetic users, with ids 1..=N [default: 1000000].
+    #[arg(long)]
+    pub users: Option<u32>,
+    /// Items per synthetic user [default: 200].
+    #[arg(long)]
+    pub feed_len: Option<u32>,
+    /// Synthetic item ids are drawn from 0..N (skewed to low ids) [default: 10000000].
+    #[arg(long)]
+    pub items: Option<u32>,
+    /// Seed of the synthetic data: same seed, same feeds [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 impl SyntheticArgs {
     fn spec(&self) -> Result<Synthetic, String> {
         let spec = Synthetic {
-            users: self.users,
-            feed_len: self.feed_len,
-            items: self.items,
-            seed: self.seed,
+            users: self.users.unwrap_or(1_000_000),
+            feed_len: self.feed_len.unwrap_or(200),
+            items: self.items.unwrap_or(10_000_000),
+            seed: self.seed.unwrap_or(42),
         };
         spec.check()?;
         Ok(spec)
+    }
+
+    /// The synthetic flags given, by name: they mean nothing with `--feed`.
+    fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--users", self.users.is_some()),
+            ("--feed-len", self.feed_len.is_some()),
+            ("--items", self.items.is_some()),
+            ("--seed", self.seed.is_some()),
+        ];
+        flags.into_iter().filter(|f| f.1).map(|f| f.0).collect()
     }
 }
 
@@ -333,7 +344,17 @@ impl ServeArgs {
             return Err("--max-head-bytes and --max-body-bytes must be at most 1 MiB".into());
         }
         let source = match &self.feed {
-            Some(path) => Source::File(path.clone()),
+            Some(path) => {
+                let given = self.synthetic.given();
+                if !given.is_empty() {
+                    return Err(format!(
+                        "{} describe the synthetic feeds, which --feed replaces: give one or \
+                         the other",
+                        given.join(", ")
+                    ));
+                }
+                Source::File(path.clone())
+            }
             None => Source::Synthetic(self.synthetic.spec()?),
         };
         if self

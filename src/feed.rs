@@ -86,6 +86,10 @@ pub struct StoreBuilder {
     users: UserTable,
 }
 
+/// The memory for a store (this many bytes) could not be allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfMemory(pub usize);
+
 /// A user id was added twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DuplicateUser(pub u32);
@@ -98,6 +102,18 @@ impl StoreBuilder {
             items: Vec::with_capacity(items),
             users: UserTable::with_capacity(users),
         }
+    }
+
+    /// [`StoreBuilder::with_capacity`], saying so instead of aborting the
+    /// process when the memory cannot be had.
+    pub fn try_with_capacity(users: usize, items: usize) -> Result<StoreBuilder, OutOfMemory> {
+        let mut list = Vec::new();
+        list.try_reserve_exact(items)
+            .map_err(|_| OutOfMemory(items.saturating_mul(4)))?;
+        Ok(StoreBuilder {
+            items: list,
+            users: UserTable::try_with_capacity(users).map_err(OutOfMemory)?,
+        })
     }
 
     /// Adds a user with their items in feed order.
@@ -123,6 +139,11 @@ impl StoreBuilder {
     /// overlaps with preparing the current one (see [`UserTable::prefetch`]).
     pub fn prefetch(&self, user: u32) {
         self.users.prefetch(user);
+    }
+
+    /// Users added so far.
+    pub fn users(&self) -> usize {
+        self.users.len()
     }
 
     /// All items added so far, for frequency counting.

@@ -85,6 +85,17 @@ impl UserTable {
         }
     }
 
+    /// [`UserTable::with_capacity`], or the bytes it needed when they
+    /// cannot be allocated.
+    pub fn try_with_capacity(users: usize) -> Result<UserTable, usize> {
+        let n = slots_for(users);
+        let mut slots = Vec::new();
+        let bytes = n.saturating_mul(std::mem::size_of::<Entry>());
+        slots.try_reserve_exact(n).map_err(|_| bytes)?;
+        slots.resize(n, Entry::default());
+        Ok(UserTable { slots, len: 0 })
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
