@@ -38,6 +38,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write the synthetic data set as a feed file (`user<TAB>item,item,...`).
     Gen(GenArgs),
+    /// Convert a feed file (TSV or Parquet) into a snapshot, which loads
+    /// fastest (`serve --feed OUTPUT`).
+    Pack(PackArgs),
     /// Print the latency distribution of each shard in a histogram log
     /// (written with `serve --histogram-log`).
     Latency(LatencyArgs),
@@ -401,6 +404,77 @@ impl ServeArgs {
                 fsync: self.fsync,
             }),
         })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The feed file to convert (TSV or Parquet, told by content).
+    pub input: PathBuf,
+    /// The snapshot to write (written beside it as OUTPUT.tmp, then renamed).
+    #[arg(long, short, value_name = "OUTPUT")]
+    pub out: PathBuf,
+    /// Lay the users out for this many shards: a server with as many
+    /// shards reads only its own users' bytes [default: all available CPUs].
+    #[arg(long)]
+    pub shards: Option<usize>,
+}
+
+impl PackArgs {
+    pub fn run(&self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let shards = match self.shards {
+            Some(0) => return Err("--shards must be at least 1".into()),
+            Some(n) => n,
+            None => host::available_cpus().len().max(1),
+        };
+        if crate::load::detect(&self.input).map_err(|e| e.to_string())?
+            == crate::load::Format::Snapshot
+        {
+            crate::log_line!(
+                "{} is already a snapshot: repacking it",
+                self.input.display()
+            );
+        }
+        let cpus: Vec<usize> = (0..shards).collect();
+        let source = Source::File(self.input.clone());
+        let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, |u| {
+            shard::owner_of(u, shards)
+        })?;
+        let version = loaded.first().map_or(0, |l| l.1);
+        let builders: Vec<_> = loaded.into_iter().map(|l| l.0).collect();
+        let users: usize = builders.iter().map(|b| b.users()).sum();
+        if users == 0 {
+            return Err(format!(
+                "{} holds no users: nothing to pack",
+                self.input.display()
+            ));
+        }
+        let items: usize = builders.iter().map(|b| b.items().len()).sum();
+        let mut tmp = self.out.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let write = || -> std::io::Result<()> {
+            let file = std::fs::File::create(&tmp)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            crate::snapshot::write(&mut out, version, &builders)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.out)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("cannot write {}: {e}", self.out.display()));
+        }
+        crate::log_line!(
+            "packed {} into {}: version {}, {users} users, {items} items, {shards} shards, \
+             in {:.2} s",
+            self.input.display(),
+            self.out.display(),
+            crate::load::version_id(version),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 }
 

@@ -141,6 +141,16 @@ impl StoreBuilder {
         self.users.prefetch(user);
     }
 
+    /// The user table and the items, as a snapshot stores them.
+    pub fn parts(&self) -> (&UserTable, &[u32]) {
+        (&self.users, &self.items)
+    }
+
+    /// A builder from a snapshot's user table and items.
+    pub fn from_parts(users: UserTable, items: Vec<u32>) -> StoreBuilder {
+        StoreBuilder { items, users }
+    }
+
     /// Users added so far.
     pub fn users(&self) -> usize {
         self.users.len()

@@ -359,8 +359,39 @@ pub fn load_stores(
     shard_of: impl Fn(u32) -> ShardId + Sync,
 ) -> Result<Vec<Store>, String> {
     let started = std::time::Instant::now();
+    let count_for_pool = feeds.fallback.is_none();
+    let (format, loaded) = load_builders(&feeds.source, cpus, pin, count_for_pool, shard_of)?;
     let shards = cpus.len();
-    let format = match &feeds.source {
+    let mut builders = Vec::with_capacity(shards);
+    let mut merged = ahash::AHashMap::new();
+    for (builder, version, counts) in loaded {
+        for (item, n) in counts.into_iter().flatten() {
+            *merged.entry(item).or_insert(0) += n;
+        }
+        builders.push((builder, version));
+    }
+    finish(feeds, format, builders, &merged, started)
+}
+
+/// Every shard's users loaded in parallel (see [`load_stores`]), with the
+/// version and, if `count_for_pool`, each shard's item counts; and the
+/// file's format (`None`: synthetic).
+#[allow(clippy::type_complexity)]
+pub fn load_builders(
+    source: &Source,
+    cpus: &[usize],
+    pin: bool,
+    count_for_pool: bool,
+    shard_of: impl Fn(u32) -> ShardId + Sync,
+) -> Result<
+    (
+        Option<Format>,
+        Vec<(StoreBuilder, u64, Option<AHashMap<u32, u64>>)>,
+    ),
+    String,
+> {
+    let shards = cpus.len();
+    let format = match source {
         Source::Synthetic(spec) => {
             let users = spec.users as u64;
             let bytes = users * spec.feed_len as u64 * 4 + users * 24 * 10 / 7;
@@ -373,12 +404,10 @@ pub fn load_stores(
         }
         Source::File(path) => Some(detect(path).map_err(|e| format!("cannot load feeds: {e}"))?),
     };
-    let count_for_pool = feeds.fallback.is_none();
     let loaded: Vec<Result<(StoreBuilder, u64, _), LoadError>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..shards)
             .map(|i| {
                 let cpu = cpus[i];
-                let source = &feeds.source;
                 let shard_of = &shard_of;
                 scope.spawn(move || {
                     if pin {
@@ -416,16 +445,10 @@ pub fn load_stores(
     });
 
     let mut builders = Vec::with_capacity(shards);
-    let mut merged = ahash::AHashMap::new();
     let mut first_error: Option<LoadError> = None;
     for result in loaded {
         match result {
-            Ok((builder, version, counts)) => {
-                for (item, n) in counts.into_iter().flatten() {
-                    *merged.entry(item).or_insert(0) += n;
-                }
-                builders.push((builder, version));
-            }
+            Ok(loaded) => builders.push(loaded),
             Err(e) => {
                 if first_error.as_ref().is_none_or(|f| e.line < f.line) {
                     first_error = Some(e);
@@ -436,6 +459,18 @@ pub fn load_stores(
     if let Some(e) = first_error {
         return Err(format!("cannot load feeds: {e}"));
     }
+    Ok((format, builders))
+}
+
+/// Checks that the loaded feeds serve something, picks the pool, prints
+/// the start line and builds the stores.
+fn finish(
+    feeds: &Feeds,
+    format: Option<Format>,
+    builders: Vec<(StoreBuilder, u64)>,
+    merged: &AHashMap<u32, u64>,
+    started: std::time::Instant,
+) -> Result<Vec<Store>, String> {
     let users: usize = builders.iter().map(|(b, _)| b.users()).sum();
     let items: usize = builders.iter().map(|(b, _)| b.items().len()).sum();
     let what = match &feeds.source {
@@ -451,7 +486,7 @@ pub fn load_stores(
 
     let pool = match &feeds.fallback {
         Some(path) => Pool::new(load_fallback_file(path).map_err(|e| e.to_string())?),
-        None => Pool::new(top_items(&merged, feeds.fallback_size)),
+        None => Pool::new(top_items(merged, feeds.fallback_size)),
     };
     if items == 0 && pool.items().is_empty() {
         return Err(format!(

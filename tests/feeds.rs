@@ -147,3 +147,85 @@ fn a_bom_is_ignored_and_the_start_line_and_version_show() {
     s.signal(libc::SIGTERM);
     s.wait_exit(std::time::Duration::from_secs(10));
 }
+
+/// Every user's pages until their feed is used up, from a server.
+fn all_pages(addr: std::net::SocketAddr) -> Vec<Vec<u32>> {
+    let mut c = Client::connect(addr);
+    (1..=USERS + 2)
+        .map(|u| {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.extend(c.get(&format!("/feed/{u}?size=25")).items());
+            }
+            got
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_serves_the_same_pages_as_its_tsv() {
+    let dir = TempDir::new("feeds-pack");
+    let (feeds, pool) = known_files(&dir);
+    let snap = dir.0.join("feeds.snap");
+    let out = run(&[
+        "pack",
+        path_str(&feeds),
+        "-o",
+        path_str(&snap),
+        "--shards",
+        "2",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("40 users") && said.contains("2 shards"),
+        "{said}"
+    );
+    assert!(!dir.0.join("feeds.snap.tmp").exists());
+    let serve = |feed: &std::path::Path, shards: &str| {
+        let s = Server::start(&[
+            "--shards",
+            shards,
+            "--feed",
+            path_str(feed),
+            "--fallback",
+            path_str(&pool),
+        ]);
+        let pages = all_pages(s.addr);
+        let stats: serde_json::Value = serde_json::from_str(&s.get("/stats").body).unwrap();
+        (pages, stats["feed"].clone())
+    };
+    let (tsv, tsv_feed) = serve(&feeds, "2");
+    for u in 1..=USERS {
+        assert_eq!(tsv[u as usize - 1][..feed_len(u) as usize], feed_of(u)[..]);
+    }
+    // The same shard count (each shard reads its section) and another one.
+    // (The pool rotates per shard: compare at the same shard count.)
+    for shards in ["2", "1"] {
+        let (pages, feed) = serve(&snap, shards);
+        let (tsv, _) = serve(&feeds, shards);
+        assert_eq!(pages, tsv, "--shards {shards}");
+        assert_eq!(feed, tsv_feed, "the snapshot keeps the file's version");
+    }
+    // A damaged snapshot fails the start, naming the file.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x40;
+    let bad = dir.0.join("damaged.snap");
+    std::fs::write(&bad, &bytes).unwrap();
+    fails_with(
+        serve_args(&["--feed", path_str(&bad)]),
+        &["damaged.snap", "checksum mismatch"],
+    );
+    // Packing refuses what loading refuses.
+    let empty = dir.file("empty.tsv", "# none\n");
+    let out = run(&["pack", path_str(&empty), "-o", path_str(&snap)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no users"));
+}
+
+fn serve_args(extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--shards", "2"];
+    args.extend_from_slice(extra);
+    run(&args)
+}
