@@ -436,6 +436,17 @@ impl PackArgs {
                 self.input.display()
             );
         }
+        // OUTPUT.tmp is renamed over OUTPUT: never over a device or a pipe
+        // (`-o /dev/null` would replace the device with a file).
+        if let Ok(meta) = std::fs::metadata(&self.out) {
+            if !meta.is_file() {
+                return Err(format!(
+                    "{} exists and is not a regular file: -o names the snapshot file to \
+                     write (it is written as OUTPUT.tmp, then renamed over OUTPUT)",
+                    self.out.display()
+                ));
+            }
+        }
         let cpus: Vec<usize> = (0..shards).collect();
         let source = Source::File(self.input.clone());
         let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, |u| {

@@ -217,6 +217,11 @@ fn a_snapshot_serves_the_same_pages_as_its_tsv() {
         serve_args(&["--feed", path_str(&bad)]),
         &["damaged.snap", "checksum mismatch"],
     );
+    // Never renamed over a device.
+    let out = run(&["pack", path_str(&feeds), "-o", "/dev/null"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a regular file"));
+    assert!(!std::path::Path::new("/dev/null.tmp").exists());
     // Packing refuses what loading refuses.
     let empty = dir.file("empty.tsv", "# none\n");
     let out = run(&["pack", path_str(&empty), "-o", path_str(&snap)]);
