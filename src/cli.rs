@@ -41,6 +41,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write the synthetic data set as a feed file (`user<TAB>item,item,...`).
     Gen(GenArgs),
+    /// Convert a feed file (TSV or Parquet) into a snapshot, which loads
+    /// fastest (`serve --feed OUTPUT`).
+    Pack(PackArgs),
     /// Print the latency distribution of each shard in a histogram log
     /// (written with `serve --histogram-log`).
     Latency(LatencyArgs),
@@ -174,30 +177,41 @@ impl LatencyArgs {
 
 #[derive(Debug, Args)]
 pub struct SyntheticArgs {
-    /// Synthetic users, with ids 1..=N.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub users: u32,
-    /// Items per synthetic user.
-    #[arg(long, default_value_t = 200)]
-    pub feed_len: u32,
-    /// Synthetic item ids are drawn from 0..N (skewed to low ids).
-    #[arg(long, default_value_t = 10_000_000)]
-    pub items: u32,
-    /// Seed of the synthetic data: same seed, same feeds.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    /// Synthetic users, with ids 1..=N [default: 1000000].
+    #[arg(long)]
+    pub users: Option<u32>,
+    /// Items per synthetic user [default: 200].
+    #[arg(long)]
+    pub feed_len: Option<u32>,
+    /// Synthetic item ids are drawn from 0..N (skewed to low ids) [default: 10000000].
+    #[arg(long)]
+    pub items: Option<u32>,
+    /// Seed of the synthetic data: same seed, same feeds [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 impl SyntheticArgs {
     fn spec(&self) -> Result<Synthetic, String> {
         let spec = Synthetic {
-            users: self.users,
-            feed_len: self.feed_len,
-            items: self.items,
-            seed: self.seed,
+            users: self.users.unwrap_or(1_000_000),
+            feed_len: self.feed_len.unwrap_or(200),
+            items: self.items.unwrap_or(10_000_000),
+            seed: self.seed.unwrap_or(42),
         };
         spec.check()?;
         Ok(spec)
+    }
+
+    /// The synthetic flags given, by name: they mean nothing with `--feed`.
+    fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--users", self.users.is_some()),
+            ("--feed-len", self.feed_len.is_some()),
+            ("--items", self.items.is_some()),
+            ("--seed", self.seed.is_some()),
+        ];
+        flags.into_iter().filter(|f| f.1).map(|f| f.0).collect()
     }
 }
 
@@ -440,7 +454,17 @@ impl ServeArgs {
             return Err("--max-head-bytes and --max-body-bytes must be at most 1 MiB".into());
         }
         let source = match &self.feed {
-            Some(path) => Source::File(path.clone()),
+            Some(path) => {
+                let given = self.synthetic.given();
+                if !given.is_empty() {
+                    return Err(format!(
+                        "{} describe the synthetic feeds, which --feed replaces: give one or \
+                         the other",
+                        given.join(", ")
+                    ));
+                }
+                Source::File(path.clone())
+            }
             None => Source::Synthetic(self.synthetic.spec()?),
         };
         if self
@@ -488,6 +512,88 @@ impl ServeArgs {
                 fsync: self.fsync,
             }),
         })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The feed file to convert (TSV or Parquet, told by content).
+    pub input: PathBuf,
+    /// The snapshot to write (written beside it as OUTPUT.tmp, then renamed).
+    #[arg(long, short, value_name = "OUTPUT")]
+    pub out: PathBuf,
+    /// Lay the users out for this many shards: a server with as many
+    /// shards reads only its own users' bytes [default: all available CPUs].
+    #[arg(long)]
+    pub shards: Option<usize>,
+}
+
+impl PackArgs {
+    pub fn run(&self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let shards = match self.shards {
+            Some(0) => return Err("--shards must be at least 1".into()),
+            Some(n) => n,
+            None => host::available_cpus().len().max(1),
+        };
+        if crate::load::detect(&self.input).map_err(|e| e.to_string())?
+            == crate::load::Format::Snapshot
+        {
+            crate::log_line!(
+                "{} is already a snapshot: repacking it",
+                self.input.display()
+            );
+        }
+        // OUTPUT.tmp is renamed over OUTPUT: never over a device or a pipe
+        // (`-o /dev/null` would replace the device with a file).
+        if let Ok(meta) = std::fs::metadata(&self.out) {
+            if !meta.is_file() {
+                return Err(format!(
+                    "{} exists and is not a regular file: -o names the snapshot file to \
+                     write (it is written as OUTPUT.tmp, then renamed over OUTPUT)",
+                    self.out.display()
+                ));
+            }
+        }
+        let cpus: Vec<usize> = (0..shards).collect();
+        let source = Source::File(self.input.clone());
+        let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, |u| {
+            shard::owner_of(u, shards)
+        })?;
+        let version = loaded.first().map_or(0, |l| l.1);
+        let builders: Vec<_> = loaded.into_iter().map(|l| l.0).collect();
+        let users: usize = builders.iter().map(|b| b.users()).sum();
+        if users == 0 {
+            return Err(format!(
+                "{} holds no users: nothing to pack",
+                self.input.display()
+            ));
+        }
+        let items: usize = builders.iter().map(|b| b.items().len()).sum();
+        let mut tmp = self.out.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let write = || -> std::io::Result<()> {
+            let file = std::fs::File::create(&tmp)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            crate::snapshot::write(&mut out, version, &builders)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.out)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("cannot write {}: {e}", self.out.display()));
+        }
+        crate::log_line!(
+            "packed {} into {}: version {}, {users} users, {items} items, {shards} shards, \
+             in {:.2} s",
+            self.input.display(),
+            self.out.display(),
+            crate::load::version_id(version),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 }
 

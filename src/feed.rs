@@ -90,6 +90,10 @@ pub struct StoreBuilder {
     users: UserTable,
 }
 
+/// The memory for a store (this many bytes) could not be allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfMemory(pub usize);
+
 /// A user id was added twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DuplicateUser(pub u32);
@@ -102,6 +106,18 @@ impl StoreBuilder {
             items: Vec::with_capacity(items),
             users: UserTable::with_capacity(users),
         }
+    }
+
+    /// [`StoreBuilder::with_capacity`], saying so instead of aborting the
+    /// process when the memory cannot be had.
+    pub fn try_with_capacity(users: usize, items: usize) -> Result<StoreBuilder, OutOfMemory> {
+        let mut list = Vec::new();
+        list.try_reserve_exact(items)
+            .map_err(|_| OutOfMemory(items.saturating_mul(4)))?;
+        Ok(StoreBuilder {
+            items: list,
+            users: UserTable::try_with_capacity(users).map_err(OutOfMemory)?,
+        })
     }
 
     /// Adds a user with their items in feed order.
@@ -127,6 +143,21 @@ impl StoreBuilder {
     /// overlaps with preparing the current one (see [`UserTable::prefetch`]).
     pub fn prefetch(&self, user: u32) {
         self.users.prefetch(user);
+    }
+
+    /// The user table and the items, as a snapshot stores them.
+    pub fn parts(&self) -> (&UserTable, &[u32]) {
+        (&self.users, &self.items)
+    }
+
+    /// A builder from a snapshot's user table and items.
+    pub fn from_parts(users: UserTable, items: Vec<u32>) -> StoreBuilder {
+        StoreBuilder { items, users }
+    }
+
+    /// Users added so far.
+    pub fn users(&self) -> usize {
+        self.users.len()
     }
 
     /// All items added so far, for frequency counting.

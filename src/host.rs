@@ -138,6 +138,33 @@ pub fn check_memlock() -> Result<(), String> {
 
 /// Raises the open-files soft limit to the hard limit: every connection is a
 /// descriptor, and the default soft limit (1024) is far too low for a server.
+/// Memory the kernel says is available for new allocations without
+/// swapping (`MemAvailable` of `/proc/meminfo`), in bytes.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Fails when `bytes` (for `what`) is more than the host has available,
+/// with a message that says so and what to change, instead of letting the
+/// allocation abort the process (or the OOM killer end it) later.
+pub fn check_memory(bytes: u64, what: &str, change: &str) -> Result<(), String> {
+    match available_memory() {
+        Some(avail) if bytes > avail => Err(format!(
+            "{what} needs about {} of memory, and this host has {} available: {change}",
+            gib(bytes),
+            gib(avail)
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 pub fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -30,7 +30,9 @@
 //!   and checkpoints under `--state-dir` (files and bytes; no HTTP, no
 //!   store), and the start-up recovery that reads them.
 //! - [`load`]: feed and fallback files into stores, in parallel per shard;
-//!   [`synthetic`]: the embedded default data set.
+//!   [`synthetic`]: the embedded default data set; [`snapshot`]: the
+//!   snapshot format of `shardfeed pack`, mapped by each shard for its own
+//!   users.
 //! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics`
 //!   and the summary. [`histlog`]: the HdrHistogram interval log.
 //! - [`health`]: the process's health for `/healthz` (loading, serving,
@@ -83,6 +85,7 @@ pub mod nginx;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod snapshot;
 pub mod synthetic;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use ahash::AHashMap;
 
 use crate::decimal::{self, DecimalError};
-use crate::feed::{DuplicateUser, Pool, Store, StoreBuilder};
+use crate::feed::{DuplicateUser, OutOfMemory, Pool, Store, StoreBuilder};
 use crate::shard::ShardId;
 use crate::synthetic::{self, Synthetic};
 
@@ -58,7 +58,23 @@ impl LoadError {
         }
     }
 
-    fn io(path: &Path, e: &io::Error) -> LoadError {
+    pub(crate) fn message(message: impl Into<String>) -> LoadError {
+        LoadError {
+            path: None,
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn whole(path: &Path, message: impl Into<String>) -> LoadError {
+        LoadError {
+            path: Some(path.to_owned()),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(path: &Path, e: &io::Error) -> LoadError {
         LoadError {
             path: Some(path.to_owned()),
             line: None,
@@ -75,6 +91,89 @@ impl fmt::Display for LoadError {
             _ => f.write_str(&self.message),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// What a file holds
+
+/// What a `--feed` file holds, told by its first bytes (never by its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `user<TAB>item,item,...` lines.
+    Tsv,
+    /// Apache Parquet (`PAR1`).
+    Parquet,
+    /// shardfeed's own snapshot (`shardfeed pack`).
+    Snapshot,
+}
+
+/// Magic bytes of formats that are refused with a hint: compressed files
+/// (a gzip file is not a TSV whose first line has no tab).
+const COMPRESSED: [(&[u8], &str, &str); 4] = [
+    (b"\x1f\x8b", "gzip", "gunzip -k"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "zstd -d"),
+    (b"BZh", "bzip2", "bunzip2 -k"),
+    (b"\xfd7zXZ\x00", "xz", "unxz -k"),
+];
+
+/// Opens `path` and tells its format from its first bytes. The loaders
+/// read a file more than once (to size the store exactly, then to fill
+/// it, on every shard), so it must be a regular file: a pipe
+/// (`<(...)`, `/dev/stdin`) would be empty the second time.
+pub fn detect(path: &Path) -> Result<Format, LoadError> {
+    let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
+    let meta = file.metadata().map_err(|e| LoadError::io(path, &e))?;
+    if !meta.is_file() {
+        let kind = if meta.file_type().is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a pipe, socket or device)"
+        };
+        return Err(LoadError::whole(
+            path,
+            format!(
+                "is {kind}: feeds are read more than once (sized, then loaded, by every \
+                 shard), so give a regular file (write the pipe's output to a file first)"
+            ),
+        ));
+    }
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    let mut reader = &file;
+    while got < head.len() {
+        match io::Read::read(&mut reader, &mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(LoadError::io(path, &e)),
+        }
+    }
+    let head = &head[..got];
+    if head.starts_with(b"PAR1") {
+        return Ok(Format::Parquet);
+    }
+    if head.starts_with(crate::snapshot::MAGIC) {
+        return Ok(Format::Snapshot);
+    }
+    for (magic, name, undo) in COMPRESSED {
+        if head.starts_with(magic) {
+            return Err(LoadError::whole(
+                path,
+                format!(
+                    "is {name}-compressed: decompress it first (`{undo} FILE`); feeds are \
+                     TSV, Parquet or a shardfeed snapshot"
+                ),
+            ));
+        }
+    }
+    if head.contains(&0) {
+        return Err(LoadError::whole(
+            path,
+            "holds binary data that is none of the feed formats (TSV, Parquet, shardfeed \
+             snapshot)",
+        ));
+    }
+    Ok(Format::Tsv)
 }
 
 // ---------------------------------------------------------------------------
@@ -105,7 +204,8 @@ pub fn load_feed_file(
         }
         Ok(())
     })?;
-    let mut store = StoreBuilder::with_capacity(users, items);
+    let mut store = StoreBuilder::try_with_capacity(users, items)
+        .map_err(|e| LoadError::whole(path, out_of_memory(e, users, items)))?;
     let mut feed = Vec::new();
     for_each_line(path, |no, line| {
         let (user, list) = split_feed_line(line).map_err(|m| LoadError::at(path, no, m))?;
@@ -166,6 +266,11 @@ fn for_each_line(
         len += line.len() as u64;
         no += 1;
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        // Editors on Windows start UTF-8 files with a byte-order mark.
+        let text = match no {
+            1 => text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(text),
+            _ => text,
+        };
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         if text.trim_ascii().is_empty() || text.first() == Some(&b'#') {
             continue;
@@ -198,13 +303,19 @@ fn parse_items(list: &[u8], out: &mut Vec<u32>) -> Result<(), String> {
 fn parse_u32(s: &[u8]) -> Result<u32, String> {
     decimal::parse_u32(s).map_err(|e| match e {
         DecimalError::Empty => "empty value".to_string(),
-        DecimalError::NotDecimal => {
-            format!("`{}` is not a decimal number", String::from_utf8_lossy(s))
-        }
-        DecimalError::TooLarge => {
-            format!("`{}` is larger than 4294967295", String::from_utf8_lossy(s))
-        }
+        // Escaped: an invisible or non-ASCII byte shows as `\xNN`.
+        DecimalError::NotDecimal => format!("`{}` is not a decimal number", s.escape_ascii()),
+        DecimalError::TooLarge => format!("`{}` is larger than 4294967295", s.escape_ascii()),
     })
+}
+
+/// The message for a store that cannot be allocated.
+pub(crate) fn out_of_memory(e: OutOfMemory, users: usize, items: usize) -> String {
+    format!(
+        "cannot allocate {:.1} GiB for {users} users and {items} items on one shard: \
+         the host has not the memory for these feeds",
+        e.0 as f64 / (1u64 << 30) as f64
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -239,31 +350,87 @@ pub fn top_items(counts: &AHashMap<u32, u64>, k: usize) -> Vec<u32> {
 
 /// Loads every shard's users in parallel, one thread per shard pinned to the
 /// shard's CPU (so that the memory is first touched where it will be used),
-/// then picks the fallback pool and builds the stores.
+/// then picks the fallback pool and builds the stores. Prints the one line
+/// that says what was loaded: version, users, items, pool, time.
 pub fn load_stores(
     feeds: &Feeds,
     cpus: &[usize],
     pin: bool,
     shard_of: impl Fn(u32) -> ShardId + Sync,
 ) -> Result<Vec<Store>, String> {
-    let shards = cpus.len();
+    let started = std::time::Instant::now();
     let count_for_pool = feeds.fallback.is_none();
+    let (format, loaded) = load_builders(&feeds.source, cpus, pin, count_for_pool, shard_of)?;
+    let shards = cpus.len();
+    let mut builders = Vec::with_capacity(shards);
+    let mut merged = ahash::AHashMap::new();
+    for (builder, version, counts) in loaded {
+        for (item, n) in counts.into_iter().flatten() {
+            *merged.entry(item).or_insert(0) += n;
+        }
+        builders.push((builder, version));
+    }
+    finish(feeds, format, builders, &merged, started)
+}
+
+/// Every shard's users loaded in parallel (see [`load_stores`]), with the
+/// version and, if `count_for_pool`, each shard's item counts; and the
+/// file's format (`None`: synthetic).
+#[allow(clippy::type_complexity)]
+pub fn load_builders(
+    source: &Source,
+    cpus: &[usize],
+    pin: bool,
+    count_for_pool: bool,
+    shard_of: impl Fn(u32) -> ShardId + Sync,
+) -> Result<
+    (
+        Option<Format>,
+        Vec<(StoreBuilder, u64, Option<AHashMap<u32, u64>>)>,
+    ),
+    String,
+> {
+    let shards = cpus.len();
+    let format = match source {
+        Source::Synthetic(spec) => {
+            let users = spec.users as u64;
+            let bytes = users * spec.feed_len as u64 * 4 + users * 24 * 10 / 7;
+            crate::host::check_memory(
+                bytes,
+                &format!("{} synthetic users x {} items", spec.users, spec.feed_len),
+                "lower --users or --feed-len",
+            )?;
+            None
+        }
+        Source::File(path) => Some(detect(path).map_err(|e| format!("cannot load feeds: {e}"))?),
+    };
     let loaded: Vec<Result<(StoreBuilder, u64, _), LoadError>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..shards)
             .map(|i| {
                 let cpu = cpus[i];
-                let source = &feeds.source;
                 let shard_of = &shard_of;
                 scope.spawn(move || {
                     if pin {
                         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     }
                     let owns = |user| shard_of(user) == ShardId(i);
-                    let (builder, version) = match source {
-                        Source::Synthetic(spec) => {
-                            (synthetic::synthetic_store(spec, owns), spec.version())
+                    let (builder, version) = match (source, format) {
+                        (Source::Synthetic(spec), _) => (
+                            synthetic::try_synthetic_store(spec, owns)
+                                .map_err(LoadError::message)?,
+                            spec.version(),
+                        ),
+                        (Source::File(path), Some(Format::Snapshot)) => {
+                            crate::snapshot::load(path, ShardId(i), shards, owns)?
                         }
-                        Source::File(path) => load_feed_file(path, owns)?,
+                        (Source::File(path), Some(Format::Parquet)) => {
+                            return Err(LoadError::whole(
+                                path,
+                                "is Parquet, which this build does not read yet: convert it \
+                                 to TSV",
+                            ))
+                        }
+                        (Source::File(path), _) => load_feed_file(path, owns)?,
                     };
                     let counts = count_for_pool
                         .then(|| count_items(builder.items(), POOL_SAMPLE_ITEMS / shards));
@@ -278,16 +445,10 @@ pub fn load_stores(
     });
 
     let mut builders = Vec::with_capacity(shards);
-    let mut merged = ahash::AHashMap::new();
     let mut first_error: Option<LoadError> = None;
     for result in loaded {
         match result {
-            Ok((builder, version, counts)) => {
-                for (item, n) in counts.into_iter().flatten() {
-                    *merged.entry(item).or_insert(0) += n;
-                }
-                builders.push((builder, version));
-            }
+            Ok(loaded) => builders.push(loaded),
             Err(e) => {
                 if first_error.as_ref().is_none_or(|f| e.line < f.line) {
                     first_error = Some(e);
@@ -298,17 +459,70 @@ pub fn load_stores(
     if let Some(e) = first_error {
         return Err(format!("cannot load feeds: {e}"));
     }
+    Ok((format, builders))
+}
+
+/// Checks that the loaded feeds serve something, picks the pool, prints
+/// the start line and builds the stores.
+fn finish(
+    feeds: &Feeds,
+    format: Option<Format>,
+    builders: Vec<(StoreBuilder, u64)>,
+    merged: &AHashMap<u32, u64>,
+    started: std::time::Instant,
+) -> Result<Vec<Store>, String> {
+    let users: usize = builders.iter().map(|(b, _)| b.users()).sum();
+    let items: usize = builders.iter().map(|(b, _)| b.items().len()).sum();
+    let what = match &feeds.source {
+        Source::Synthetic(_) => "the synthetic feeds (--users)".to_string(),
+        Source::File(path) => path.display().to_string(),
+    };
+    if users == 0 {
+        return Err(format!(
+            "cannot load feeds: {what} holds no users (only comments or blank lines?): \
+             a server would serve nothing but the fallback pool to everyone"
+        ));
+    }
 
     let pool = match &feeds.fallback {
         Some(path) => Pool::new(load_fallback_file(path).map_err(|e| e.to_string())?),
-        None => Pool::new(top_items(&merged, feeds.fallback_size)),
+        None => Pool::new(top_items(merged, feeds.fallback_size)),
     };
+    if items == 0 && pool.items().is_empty() {
+        return Err(format!(
+            "cannot load feeds: {what}: none of its {users} users has an item, and the \
+             fallback pool is empty (--fallback-size 0): every page would be empty"
+        ));
+    }
+    let version = builders.first().map_or(0, |(_, v)| *v);
+    let format = match format {
+        None => "synthetic",
+        Some(Format::Tsv) => "TSV",
+        Some(Format::Parquet) => "Parquet",
+        Some(Format::Snapshot) => "snapshot",
+    };
+    let named = match &feeds.source {
+        Source::Synthetic(_) => "synthetic".to_string(),
+        Source::File(path) => format!("{} ({format})", path.display()),
+    };
+    crate::log_line!(
+        "feed {named}: version {}, {users} users, {items} items, pool {} items, \
+         loaded in {:.2} s",
+        version_id(version),
+        pool.items().len(),
+        started.elapsed().as_secs_f64()
+    );
     let stores = builders.into_iter().map(|(builder, version)| {
         let mut store = builder.build(pool.clone());
         store.set_version(version);
         store
     });
     Ok(stores.collect())
+}
+
+/// A feed version as operators see it: 16 hex digits.
+pub fn version_id(version: u64) -> String {
+    format!("{version:016x}")
 }
 
 #[cfg(test)]

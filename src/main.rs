@@ -6,6 +6,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => args.config().and_then(shardfeed::server::serve),
         Command::Gen(args) => args.run(),
+        Command::Pack(args) => args.run(),
         Command::Latency(args) => args.run(),
         Command::NginxConf(args) => args.run(),
         Command::Owner(args) => args.run(),

@@ -202,6 +202,7 @@ impl ShardMetrics {
             counters: self.counters,
             store,
             journal: None,
+            feed_version: 0,
         }
     }
 }
@@ -223,6 +224,8 @@ pub struct Snapshot {
     /// This shard's journal (`--state-dir`); `None` without one, and in a
     /// merge.
     pub journal: Option<Box<JournalSnapshot>>,
+    /// The feed version this shard serves (in a merge: the first shard's).
+    pub feed_version: u64,
 }
 
 impl Snapshot {
@@ -246,6 +249,7 @@ impl Snapshot {
             counters: Counters::default(),
             store: StoreCounters::default(),
             journal: None,
+            feed_version: snapshots.first().map_or(0, |s| s.feed_version),
         };
         for s in snapshots {
             merged.local.add(&s.local).expect("same bounds");
@@ -310,7 +314,15 @@ fn snapshot_json(out: &mut String, s: &Snapshot) {
 /// `/stats`: `{"shards":[{"shard":0,...},...],"all":{...}}`.
 pub fn stats_json(snapshots: &[Snapshot]) -> String {
     let mut out = String::with_capacity(1024 * (snapshots.len() + 1));
-    out.push_str("{\"shards\":[");
+    let merged = Snapshot::merge(snapshots);
+    let _ = write!(
+        out,
+        "{{\"feed\":{{\"version\":\"{}\",\"users\":{},\"items\":{}}},",
+        crate::load::version_id(merged.feed_version),
+        merged.counters.feed_users,
+        merged.counters.feed_items
+    );
+    out.push_str("\"shards\":[");
     for (i, s) in snapshots.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -320,7 +332,7 @@ pub fn stats_json(snapshots: &[Snapshot]) -> String {
         out.push('}');
     }
     out.push_str("],\"all\":");
-    snapshot_json(&mut out, &Snapshot::merge(snapshots));
+    snapshot_json(&mut out, &merged);
     out.push('}');
     out
 }
@@ -394,6 +406,15 @@ pub fn prometheus_text(snapshots: &[Snapshot], process: &Process) -> String {
         let sum = h.mean() * h.len() as f64 / 1e6;
         let labels = format!("shard=\"{}\"", shard_id(s));
         prometheus_histogram(&mut out, name, &labels, h, sum);
+    }
+    let help = "Always 1; the feed version each shard serves (two only during a reload).";
+    family(&mut out, "feed_info", help, "gauge");
+    let mut versions: Vec<u64> = snapshots.iter().map(|s| s.feed_version).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    for v in versions {
+        let v = crate::load::version_id(v);
+        let _ = writeln!(out, "shardfeed_feed_info{{version=\"{v}\"}} 1");
     }
     prometheus_process(&mut out, process);
     out
@@ -609,7 +630,11 @@ mod tests {
     fn stats_json_has_shards_and_all() {
         let json = stats_json(&[shard(0, &[10, 20], &[]), shard(1, &[30], &[40])]);
         assert!(
-            json.starts_with("{\"shards\":[{\"shard\":0,\"stats\":{\"latency_us\":{\"count\":2,")
+            json.starts_with(
+                "{\"feed\":{\"version\":\"0000000000000000\",\"users\":0,\"items\":0},\
+                 \"shards\":[{\"shard\":0,\"stats\":{\"latency_us\":{\"count\":2,"
+            ),
+            "{json}"
         );
         assert!(
             json.contains("\"all\":{\"latency_us\":{\"count\":4,"),

@@ -292,6 +292,7 @@ impl Shard {
         c.feed_users = store.users() as u64;
         c.feed_items = store.item_count() as u64;
         c.pool_items = store.pool_len() as u64;
+        snapshot.feed_version = store.version();
         snapshot.journal = self.journal.as_ref().map(|j| {
             Box::new(JournalSnapshot {
                 stats: j.stats(),

@@ -18,6 +18,16 @@ pub struct Synthetic {
 
 impl Synthetic {
     pub fn check(&self) -> Result<(), String> {
+        if self.users == 0 {
+            return Err("--users must be at least 1: a server of no users serves nothing".into());
+        }
+        if self.feed_len == 0 {
+            return Err(
+                "--feed-len must be at least 1: users without items get only the fallback \
+                 pool, which is made of their items"
+                    .into(),
+            );
+        }
         if self.items < self.feed_len {
             return Err(format!(
                 "--items ({}) must be at least --feed-len ({}): a feed holds distinct items",
@@ -76,8 +86,19 @@ pub fn synthetic_feed(spec: &Synthetic, user: u32, seen: &mut SeenSet, out: &mut
 
 /// Builds one shard's share of the synthetic data set.
 pub fn synthetic_store(spec: &Synthetic, owns: impl Fn(u32) -> bool) -> StoreBuilder {
+    try_synthetic_store(spec, owns).expect("memory for the synthetic feeds")
+}
+
+/// [`synthetic_store`], or a message when its memory cannot be had.
+pub fn try_synthetic_store(
+    spec: &Synthetic,
+    owns: impl Fn(u32) -> bool,
+) -> Result<StoreBuilder, String> {
     let owned = spec.user_ids().filter(|&u| owns(u)).count();
-    let mut store = StoreBuilder::with_capacity(owned, owned * spec.feed_len as usize);
+    let items = owned * spec.feed_len as usize;
+    let mut store = StoreBuilder::try_with_capacity(owned, items).map_err(|e| {
+        crate::load::out_of_memory(e, owned, items) + ": lower --users or --feed-len"
+    })?;
     let (mut seen, mut feed) = (
         SeenSet::default(),
         Vec::with_capacity(spec.feed_len as usize),
@@ -92,7 +113,7 @@ pub fn synthetic_store(spec: &Synthetic, owns: impl Fn(u32) -> bool) -> StoreBui
             .push_user(user, feed.iter().copied())
             .expect("synthetic user ids are distinct");
     }
-    store
+    Ok(store)
 }
 
 /// Writes the whole synthetic data set as a feed file (`shardfeed gen`).

@@ -85,6 +85,40 @@ impl UserTable {
         }
     }
 
+    /// [`UserTable::with_capacity`], or the bytes it needed when they
+    /// cannot be allocated.
+    pub fn try_with_capacity(users: usize) -> Result<UserTable, usize> {
+        let n = slots_for(users);
+        let mut slots = Vec::new();
+        let bytes = n.saturating_mul(std::mem::size_of::<Entry>());
+        slots.try_reserve_exact(n).map_err(|_| bytes)?;
+        slots.resize(n, Entry::default());
+        Ok(UserTable { slots, len: 0 })
+    }
+
+    /// The table's slots as they are laid out: for a snapshot, which
+    /// stores a shard's table ready to use.
+    pub fn raw_slots(&self) -> &[Entry] {
+        &self.slots
+    }
+
+    /// A table from slots laid out by [`UserTable::raw_slots`] (the same
+    /// count, so every user is at its place). `None` if a slot names items
+    /// beyond `items`, the count of users is not `len`, or no slot is empty
+    /// (an empty slot ends every probe).
+    pub fn from_raw_slots(slots: Vec<Entry>, len: usize, items: usize) -> Option<UserTable> {
+        let mut used = 0;
+        for e in &slots {
+            if e.start != EMPTY {
+                used += 1;
+                if e.start.checked_add(e.len as u64)? > items as u64 || e.served > e.len {
+                    return None;
+                }
+            }
+        }
+        (used == len && used < slots.len()).then_some(UserTable { slots, len })
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

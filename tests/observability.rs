@@ -159,6 +159,7 @@ fn metrics_parse_as_prometheus_text_with_both_shards() {
     let shard_of = |s: &prometheus_parse::Sample| s.labels.get("shard").map(str::to_string);
     let process_wide = [
         "shardfeed_build_info",
+        "shardfeed_feed_info",
         "shardfeed_serving",
         "process_start_time_seconds",
         "process_resident_memory_bytes",

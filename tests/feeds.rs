@@ -1,0 +1,236 @@
+//! Feed inputs (issue 11): formats told by content, the loader's refusals
+//! (each naming the file and the place), the start line, and the version
+//! in `/stats` and `/metrics`.
+
+mod common;
+
+use common::*;
+
+fn fails_with(out: std::process::Output, wanted: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    for w in wanted {
+        assert!(stderr.contains(w), "expected {w:?} in {stderr:?}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+}
+
+fn serve(extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--shards", "1"];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn bad_inputs_fail_with_file_and_place() {
+    let dir = TempDir::new("feeds-bad");
+    let empty = dir.file("empty.tsv", "");
+    fails_with(
+        serve(&["--feed", path_str(&empty)]),
+        &["empty.tsv", "holds no users"],
+    );
+    let comments = dir.file("comments.tsv", "# nothing\n\n");
+    fails_with(
+        serve(&["--feed", path_str(&comments)]),
+        &["comments.tsv", "holds no users"],
+    );
+    let no_items = dir.file("noitems.tsv", "1\t\n2\t\n");
+    fails_with(
+        serve(&["--feed", path_str(&no_items)]),
+        &["noitems.tsv", "every page would be empty"],
+    );
+    let gz = dir.0.join("feeds.tsv");
+    std::fs::write(&gz, b"\x1f\x8b\x08\x00\x00\x00\x00\x00junk").unwrap();
+    fails_with(
+        serve(&["--feed", path_str(&gz)]),
+        &["feeds.tsv", "gzip-compressed", "gunzip"],
+    );
+    let zst = dir.0.join("feeds.zst");
+    std::fs::write(&zst, b"\x28\xb5\x2f\xfdjunk").unwrap();
+    fails_with(serve(&["--feed", path_str(&zst)]), &["zstd-compressed"]);
+    let binary = dir.0.join("bin");
+    std::fs::write(&binary, b"\x7fELF\x02\x01\x01\x00").unwrap();
+    fails_with(serve(&["--feed", path_str(&binary)]), &["binary data"]);
+    fails_with(
+        serve(&["--feed", path_str(&dir.0)]),
+        &["is a directory", "regular file"],
+    );
+    // A BOM is accepted at the start; elsewhere a stray byte is shown escaped.
+    let stray = dir.0.join("stray.tsv");
+    std::fs::write(&stray, "1\t1\n\u{feff}2\t3\n").unwrap();
+    fails_with(
+        serve(&["--feed", path_str(&stray)]),
+        &["stray.tsv:2: user id: `\\xef\\xbb\\xbf2` is not a decimal number"],
+    );
+}
+
+#[test]
+fn a_pipe_is_refused_with_a_reason() {
+    let out = run_in_shell(
+        "printf '1\\t5,6\\n' |",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--feed",
+            "/dev/stdin",
+        ],
+    );
+    fails_with(out, &["/dev/stdin", "not a regular file", "pipe"]);
+}
+
+#[test]
+fn synthetic_flags_that_mean_nothing_or_too_much() {
+    fails_with(serve(&["--users", "0"]), &["--users must be at least 1"]);
+    fails_with(
+        serve(&["--feed-len", "0"]),
+        &["--feed-len must be at least 1"],
+    );
+    fails_with(
+        serve(&["--users", "200000000"]),
+        &[
+            "200000000 synthetic users x 200 items needs about",
+            "lower --users",
+        ],
+    );
+    let dir = TempDir::new("feeds-flags");
+    let (feeds, _) = known_files(&dir);
+    fails_with(
+        serve(&["--feed", path_str(&feeds), "--users", "5", "--seed", "1"]),
+        &["--users, --seed describe the synthetic feeds, which --feed replaces"],
+    );
+}
+
+#[test]
+fn a_bom_is_ignored_and_the_start_line_and_version_show() {
+    let dir = TempDir::new("feeds-bom");
+    let path = dir.0.join("bom.tsv");
+    std::fs::write(&path, "\u{feff}1\t5,6,7\n2\t8\n").unwrap();
+    let mut s = Spawned::serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--feed",
+        path_str(&path),
+    ]);
+    let addr = s.listening();
+    let line = s.wait_stderr("loaded in", std::time::Duration::from_secs(10));
+    assert!(line.contains("(TSV)"), "{line}");
+    assert!(line.contains("2 users, 4 items, pool 4 items"), "{line}");
+    let version = line
+        .split("version ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(version.len(), 16, "{line}");
+    assert_eq!(
+        request(addr, "GET /feed/1?size=3 HTTP/1.1\r\nHost: x\r\n\r\n").items(),
+        [5, 6, 7]
+    );
+    let stats = request(addr, "GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    let json: serde_json::Value = serde_json::from_str(&stats.body).unwrap();
+    assert_eq!(json["feed"]["version"], version.as_str());
+    assert_eq!(json["feed"]["users"], 2);
+    assert_eq!(json["feed"]["items"], 4);
+    let metrics = request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body;
+    assert!(
+        metrics.contains(&format!("shardfeed_feed_info{{version=\"{version}\"}} 1")),
+        "{metrics}"
+    );
+    s.signal(libc::SIGTERM);
+    s.wait_exit(std::time::Duration::from_secs(10));
+}
+
+/// Every user's pages until their feed is used up, from a server.
+fn all_pages(addr: std::net::SocketAddr) -> Vec<Vec<u32>> {
+    let mut c = Client::connect(addr);
+    (1..=USERS + 2)
+        .map(|u| {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.extend(c.get(&format!("/feed/{u}?size=25")).items());
+            }
+            got
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_serves_the_same_pages_as_its_tsv() {
+    let dir = TempDir::new("feeds-pack");
+    let (feeds, pool) = known_files(&dir);
+    let snap = dir.0.join("feeds.snap");
+    let out = run(&[
+        "pack",
+        path_str(&feeds),
+        "-o",
+        path_str(&snap),
+        "--shards",
+        "2",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("40 users") && said.contains("2 shards"),
+        "{said}"
+    );
+    assert!(!dir.0.join("feeds.snap.tmp").exists());
+    let serve = |feed: &std::path::Path, shards: &str| {
+        let s = Server::start(&[
+            "--shards",
+            shards,
+            "--feed",
+            path_str(feed),
+            "--fallback",
+            path_str(&pool),
+        ]);
+        let pages = all_pages(s.addr);
+        let stats: serde_json::Value = serde_json::from_str(&s.get("/stats").body).unwrap();
+        (pages, stats["feed"].clone())
+    };
+    let (tsv, tsv_feed) = serve(&feeds, "2");
+    for u in 1..=USERS {
+        assert_eq!(tsv[u as usize - 1][..feed_len(u) as usize], feed_of(u)[..]);
+    }
+    // The same shard count (each shard reads its section) and another one.
+    // (The pool rotates per shard: compare at the same shard count.)
+    for shards in ["2", "1"] {
+        let (pages, feed) = serve(&snap, shards);
+        let (tsv, _) = serve(&feeds, shards);
+        assert_eq!(pages, tsv, "--shards {shards}");
+        assert_eq!(feed, tsv_feed, "the snapshot keeps the file's version");
+    }
+    // A damaged snapshot fails the start, naming the file.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x40;
+    let bad = dir.0.join("damaged.snap");
+    std::fs::write(&bad, &bytes).unwrap();
+    fails_with(
+        serve_args(&["--feed", path_str(&bad)]),
+        &["damaged.snap", "checksum mismatch"],
+    );
+    // Never renamed over a device.
+    let out = run(&["pack", path_str(&feeds), "-o", "/dev/null"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a regular file"));
+    assert!(!std::path::Path::new("/dev/null.tmp").exists());
+    // Packing refuses what loading refuses.
+    let empty = dir.file("empty.tsv", "# none\n");
+    let out = run(&["pack", path_str(&empty), "-o", path_str(&snap)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no users"));
+}
+
+fn serve_args(extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--shards", "2"];
+    args.extend_from_slice(extra);
+    run(&args)
+}
