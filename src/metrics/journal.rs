@@ -118,20 +118,8 @@ pub(super) fn json(out: &mut String, s: &Snapshot) {
         j.replay.as_secs_f64()
     );
     match &st.degraded {
-        // Error texts come from the OS: keep them JSON-safe.
-        Some(why) => {
-            let safe: String = why
-                .chars()
-                .map(|c| {
-                    if c == '"' || c == '\\' || c.is_control() {
-                        '\''
-                    } else {
-                        c
-                    }
-                })
-                .collect();
-            let _ = write!(out, "\"{safe}\"");
-        }
+        // Error texts come from the OS: escaped as JSON strings.
+        Some(why) => out.push_str(&serde_json::to_string(why).expect("a string")),
         None => out.push_str("null"),
     }
     out.push_str(",\"sync_latency_us\":");
