@@ -285,13 +285,7 @@ impl Checkpoint {
                 let seg = st.segments.remove(i);
                 if room > 0 {
                     room -= 1;
-                    let n = st.next_free;
-                    st.next_free += 1;
-                    let free = FileName::Free {
-                        shard: self.inner.shard as u32,
-                        n,
-                    };
-                    renames.push((seg.path, self.inner.dir.join(free.to_string())));
+                    renames.push((seg.path, self.inner.new_free_path(&mut st)));
                 } else {
                     removes.push(seg.path);
                 }

@@ -282,6 +282,20 @@ pub(super) struct Inner {
     writer: Signal,
 }
 
+impl Inner {
+    /// The path of a new free file of this shard (a zeroed new segment, or
+    /// a segment dropped by a checkpoint and kept for reuse).
+    pub(super) fn new_free_path(&self, st: &mut State) -> PathBuf {
+        let n = st.next_free;
+        st.next_free += 1;
+        let name = FileName::Free {
+            shard: self.shard as u32,
+            n,
+        };
+        self.dir.join(name.to_string())
+    }
+}
+
 /// One shard's journal. Not `Send`: it lives on the shard's executor, and
 /// only the shard that owns a user appends that user's progress.
 pub struct ShardJournal {
@@ -967,7 +981,7 @@ impl Writer {
                 // A new file is made, zeroed, as a free file first, then
                 // used as a recycled one: a crash while it is zeroed
                 // leaves a free file, never a segment without a header.
-                let free = self.free_path();
+                let free = self.inner.new_free_path(&mut self.inner.st.borrow_mut());
                 let file = self.create(&free).await?;
                 if let Err(e) = self.zero_fill(&file, &free).await {
                     let _ = file.close().await;
@@ -1063,18 +1077,6 @@ impl Writer {
             .map_err(|e| reason("fsync directory", &self.inner.dir, e))?;
         self.inner.st.borrow_mut().counters.bytes += unit;
         Ok((unit, salt, first_lsn))
-    }
-
-    /// The path of a new free file of this shard.
-    fn free_path(&self) -> PathBuf {
-        let mut st = self.inner.st.borrow_mut();
-        let n = st.next_free;
-        st.next_free += 1;
-        let name = FileName::Free {
-            shard: self.inner.shard as u32,
-            n,
-        };
-        self.inner.dir.join(name.to_string())
     }
 
     /// Preallocates a new segment and writes zeros over it, then syncs it,
