@@ -20,7 +20,7 @@ fn healthz_says_loading_from_the_first_accept_and_a_stop_while_loading_is_prompt
     let mut s = Spawned::serve(&args);
     let addr = s.wait_addr("bound ", Duration::from_secs(10));
     let asked = Instant::now();
-    let r = s_get(addr, "/healthz");
+    let r = get_from(addr, "/healthz");
     assert_eq!(
         (r.status, r.body.as_str()),
         (503, r#"{"status":"loading"}"#)
@@ -30,7 +30,7 @@ fn healthz_says_loading_from_the_first_accept_and_a_stop_while_loading_is_prompt
         "{:?}",
         asked.elapsed()
     );
-    let r = s_get(addr, "/feed/1");
+    let r = get_from(addr, "/feed/1");
     assert_eq!(r.status, 503);
     assert_eq!(r.header("Retry-After"), Some("1"));
     assert_eq!(r.header("Connection"), Some("close"));
@@ -47,39 +47,23 @@ fn healthz_says_loading_from_the_first_accept_and_a_stop_while_loading_is_prompt
     assert!(s.stderr().contains("while loading"), "{}", s.stderr());
 }
 
-fn s_get(addr: std::net::SocketAddr, target: &str) -> Response {
-    Client::connect(addr).get(target)
-}
-
 #[test]
 fn drain_keeps_serving_with_healthz_draining_then_stops() {
     let dir = TempDir::new("drain");
-    let (feeds, pool) = known_files(&dir);
-    let mut s = Spawned::serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--feed",
-        path_str(&feeds),
-        "--fallback",
-        path_str(&pool),
-        "--drain",
-        "1500ms",
-    ]);
+    let mut s = Spawned::known(&dir, &["--drain", "1500ms"]);
     let addr = s.listening();
     let mut kept = Client::connect(addr);
     assert_eq!(kept.get("/healthz").status, 200);
     s.signal(libc::SIGTERM);
     s.wait_stderr("draining for", Duration::from_secs(2));
-    let r = s_get(addr, "/healthz");
+    let r = get_from(addr, "/healthz");
     assert_eq!(
         (r.status, r.body.as_str()),
         (503, r#"{"status":"draining"}"#)
     );
     // Still serving, on new connections and on open ones, each answer
     // closing its connection.
-    let r = s_get(addr, "/feed/2?size=2");
+    let r = get_from(addr, "/feed/2?size=2");
     assert_eq!(r.items(), feed_of(2)[..2]);
     assert_eq!(r.header("Connection"), Some("close"));
     let r = kept.get("/feed/2?size=2");
@@ -97,36 +81,24 @@ fn drain_keeps_serving_with_healthz_draining_then_stops() {
 #[test]
 fn the_admin_port_serves_metrics_and_stats_and_the_public_port_does_not() {
     let dir = TempDir::new("admin");
-    let (feeds, pool) = known_files(&dir);
-    let mut s = Spawned::serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--feed",
-        path_str(&feeds),
-        "--fallback",
-        path_str(&pool),
-    ]);
+    let mut s = Spawned::known(&dir, &["--admin-listen", "127.0.0.1:0"]);
     let public = s.listening();
     let admin = s.wait_addr(
         "admin port (/metrics, /stats, /healthz) on ",
         Duration::from_secs(5),
     );
     assert_ne!(public, admin);
-    assert_eq!(s_get(public, "/feed/3?size=1").items(), feed_of(3)[..1]);
-    assert_eq!(s_get(public, "/healthz").status, 200);
-    assert_eq!(s_get(public, "/metrics").status, 404);
-    assert_eq!(s_get(public, "/stats").status, 404);
-    let m = s_get(admin, "/metrics");
+    assert_eq!(get_from(public, "/feed/3?size=1").items(), feed_of(3)[..1]);
+    assert_eq!(get_from(public, "/healthz").status, 200);
+    assert_eq!(get_from(public, "/metrics").status, 404);
+    assert_eq!(get_from(public, "/stats").status, 404);
+    let m = get_from(admin, "/metrics");
     assert_eq!(m.status, 200);
     assert!(m.body.contains("shardfeed_requests_total{"), "{}", m.body);
-    assert_eq!(s_get(admin, "/stats").status, 200);
-    assert_eq!(s_get(admin, "/healthz").status, 200);
+    assert_eq!(get_from(admin, "/stats").status, 200);
+    assert_eq!(get_from(admin, "/healthz").status, 200);
     assert_eq!(
-        s_get(admin, "/feed/3").status,
+        get_from(admin, "/feed/3").status,
         404,
         "no feeds on the admin port"
     );
@@ -232,19 +204,7 @@ fn rfc3339_prefix(line: &str) -> bool {
 #[test]
 fn every_log_line_has_a_timestamp_and_the_first_interval_is_reported() {
     let dir = TempDir::new("timestamps");
-    let (feeds, pool) = known_files(&dir);
-    let mut s = Spawned::serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--feed",
-        path_str(&feeds),
-        "--fallback",
-        path_str(&pool),
-        "--log-interval",
-        "1s",
-    ]);
+    let mut s = Spawned::known(&dir, &["--log-interval", "1s"]);
     let addr = s.listening();
     let mut c = Client::connect(addr);
     for user in 1..=20 {
@@ -500,7 +460,7 @@ fn listen_accepts_host_names() {
     let mut s = Spawned::serve(&["--listen", "localhost:0", "--shards", "1", "--users", "100"]);
     let addr = s.listening();
     assert!(addr.ip().is_loopback(), "{addr}");
-    assert_eq!(s_get(addr, "/healthz").status, 200);
+    assert_eq!(get_from(addr, "/healthz").status, 200);
     s.signal(libc::SIGTERM);
     let (status, _, _) = s.wait_exit(Duration::from_secs(6));
     assert!(status.success());

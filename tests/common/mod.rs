@@ -149,7 +149,7 @@ impl Server {
 
     /// One GET on a new connection; returns the response.
     pub fn get(&self, target: &str) -> Response {
-        self.connect().get(target)
+        get_from(self.addr, target)
     }
 }
 
@@ -264,6 +264,11 @@ impl Client {
     }
 }
 
+/// One GET on a new connection to `addr`.
+pub fn get_from(addr: SocketAddr, target: &str) -> Response {
+    Client::connect(addr).get(target)
+}
+
 pub fn get(target: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n")
 }
@@ -344,6 +349,17 @@ impl Spawned {
     /// Starts `shardfeed serve ARGS` (no `--listen` added).
     pub fn serve(args: &[&str]) -> Spawned {
         Spawned::command(Command::new(BIN).arg("serve").args(args))
+    }
+
+    /// The known test data on 2 shards on `127.0.0.1:0`, as
+    /// [`Server::known`], with `extra` flags.
+    pub fn known(dir: &TempDir, extra: &[&str]) -> Spawned {
+        let (feeds, pool) = known_files(dir);
+        let (feeds, pool) = (path_str(&feeds), path_str(&pool));
+        let mut args = vec!["--listen", "127.0.0.1:0", "--shards", "2"];
+        args.extend(["--feed", feeds, "--fallback", pool]);
+        args.extend_from_slice(extra);
+        Spawned::serve(&args)
     }
 
     /// Starts `cmd` with piped stdout and stderr.
