@@ -192,7 +192,7 @@ pub fn load_feed_file(
     owns: impl Fn(u32) -> bool,
 ) -> Result<(StoreBuilder, u64), LoadError> {
     let (mut users, mut items) = (0usize, 0usize);
-    let version = for_each_line(path, |no, line| {
+    let version = for_each_line(path, true, |no, line| {
         let (user, list) = split_feed_line(line).map_err(|m| LoadError::at(path, no, m))?;
         if owns(user) {
             users += 1;
@@ -207,7 +207,7 @@ pub fn load_feed_file(
     let mut store = StoreBuilder::try_with_capacity(users, items)
         .map_err(|e| LoadError::whole(path, out_of_memory(e, users, items)))?;
     let mut feed = Vec::new();
-    for_each_line(path, |no, line| {
+    for_each_line(path, false, |no, line| {
         let (user, list) = split_feed_line(line).map_err(|m| LoadError::at(path, no, m))?;
         if !owns(user) {
             return Ok(());
@@ -226,7 +226,7 @@ pub fn load_feed_file(
 /// lines ignored. Order is preference order.
 pub fn load_fallback_file(path: &Path) -> Result<Vec<u32>, LoadError> {
     let mut items = Vec::new();
-    for_each_line(path, |no, line| {
+    for_each_line(path, false, |no, line| {
         let id = parse_u32(line.trim_ascii()).map_err(|m| LoadError::at(path, no, m))?;
         items.push(id);
         Ok(())
@@ -242,10 +242,12 @@ pub fn load_fallback_file(path: &Path) -> Result<Vec<u32>, LoadError> {
 }
 
 /// Calls `f(line_number, line)` for every line that is neither blank nor a
-/// `#` comment, without its line ending. Returns the file's checksum: CRC32C
-/// of all its bytes in the high half, its length in the low half.
+/// `#` comment, without its line ending. With `checksum`, returns the file's
+/// checksum (CRC32C of all its bytes in the high half, its length in the low
+/// half), else 0: one pass of a load computes it, not every pass.
 fn for_each_line(
     path: &Path,
+    checksum: bool,
     mut f: impl FnMut(usize, &[u8]) -> Result<(), LoadError>,
 ) -> Result<u64, LoadError> {
     let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
@@ -262,8 +264,10 @@ fn for_each_line(
         {
             return Ok(((crc as u64) << 32) | (len & 0xffff_ffff));
         }
-        crc = crc32c::crc32c_append(crc, &line);
-        len += line.len() as u64;
+        if checksum {
+            crc = crc32c::crc32c_append(crc, &line);
+            len += line.len() as u64;
+        }
         no += 1;
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         // Editors on Windows start UTF-8 files with a byte-order mark.
