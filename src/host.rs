@@ -165,6 +165,19 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
+/// Puts the calling thread (and the threads it starts after this, which
+/// inherit it) at the lowest scheduling priority, nice 19: work beside the
+/// shards (a reload's loaders, freeing an old feed) takes the CPU only when
+/// the shard on it does not want it. Best effort: on failure the work runs
+/// at normal priority, which is only slower for the shards.
+pub fn lower_thread_priority() {
+    // SAFETY: setpriority has no memory preconditions; `who` 0 with
+    // PRIO_PROCESS is the calling thread on Linux.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
 pub fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
