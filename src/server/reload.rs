@@ -1,8 +1,8 @@
 //! `SIGHUP`: a new feed version without a restart (SPEC "Feed versions").
 //!
 //! `--feed` and `--fallback` are read again from the same paths by the
-//! same loaders as at start-up, on a thread of their own at the lowest
-//! priority (nice 19), beside the version that keeps serving: memory is at
+//! same loaders as at start-up, on a thread of their own at a low
+//! priority (nice 10), beside the version that keeps serving: memory is at
 //! most old plus new. A file that does not load leaves the old version
 //! serving, logged and counted (`shardfeed_reloads_total{result="failed"}`).
 //! Once every shard's new store is built, each shard takes its own at its

@@ -80,7 +80,7 @@ impl Shard {
     }
 }
 
-/// Drops `old` on a thread of its own, at the lowest priority (a thread
+/// Drops `old` on a thread of its own, at a low priority (a thread
 /// start, once per reload: the one syscall here beyond the socket's).
 fn free_elsewhere(old: Store) {
     let spawned = std::thread::Builder::new()
