@@ -37,7 +37,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
-    /// Run the server (on synthetic data unless --feed is given).
+    /// Run the server (on synthetic data unless --feed is given). SIGHUP
+    /// reloads --feed and --fallback; SIGTERM/SIGINT stop it.
     Serve(ServeArgs),
     /// Write the synthetic data set as a feed file (`user<TAB>item,item,...`).
     Gen(GenArgs),
@@ -253,12 +254,15 @@ pub struct ServeArgs {
     /// CPUs to run shards on, e.g. `0-3,8` [default: all available].
     #[arg(long)]
     pub cpus: Option<String>,
-    /// Feed file to serve (`user<TAB>item,item,...`) instead of synthetic data.
+    /// Feed file to serve (TSV, Parquet or snapshot, told by content) instead
+    /// of synthetic data; read again on SIGHUP (rename a new file into place,
+    /// then signal).
     #[arg(long)]
     pub feed: Option<PathBuf>,
     #[command(flatten)]
     pub synthetic: SyntheticArgs,
-    /// Fallback pool file: one item id per line, in preference order.
+    /// Fallback pool file: one item id per line, in preference order; read
+    /// again on SIGHUP.
     #[arg(long)]
     pub fallback: Option<PathBuf>,
     /// Without --fallback: the pool is this many most frequent items of the feeds.

@@ -12,6 +12,9 @@ use crate::counters::counters;
 use crate::hash::mix64;
 use crate::user_table::{Entry, UserTable};
 
+mod carry;
+pub use carry::Carried;
+
 /// Why a page request got no page: the one outcome type from the store to
 /// the wire. The store itself only ever says `NothingToServe`; `Overloaded`
 /// comes from the queues between shards.
