@@ -93,10 +93,12 @@
 mod checkpoint;
 pub mod format;
 mod recover;
+mod seed;
 mod writer;
 
 pub use checkpoint::Checkpoint;
-pub use recover::{recover, DirLock, FileReport, Recovery, RecoveryReport};
+pub use recover::{recover, recover_existing, DirLock, FileReport, Recovery, RecoveryReport};
+pub use seed::{seed_checkpoints, Seeded, SEEDED_GENERATION};
 pub use writer::{Durable, JournalConfig, JournalStats, ShardJournal};
 
 use std::rc::Rc;
