@@ -54,10 +54,13 @@ pub enum Command {
     /// Print which instance and shard own user ids, under a cluster file
     /// (ids as arguments, or one per line on standard input).
     Owner(OwnerArgs),
-    /// Rewrite stopped instances' state directories for a new cluster file:
-    /// one directory per new instance, ROOT/NAME, holding the progress of
-    /// exactly the users it will own (start it with `serve --state-dir
-    /// ROOT/NAME`). Read back and checked before it reports success.
+    /// Rewrite stopped instances' state directories for a new cluster file
+    /// (one per new instance: ROOT/NAME).
+    ///
+    /// ROOT/NAME holds the progress of exactly the users NAME will own:
+    /// start it with `serve --cluster NEW --instance NAME --state-dir
+    /// ROOT/NAME`. Every directory written is read back and checked before
+    /// the command reports success (exit 0).
     Relayout(RelayoutArgs),
 }
 
@@ -86,6 +89,11 @@ pub struct RelayoutArgs {
     /// directories.
     #[arg(long, value_name = "NAME")]
     pub instance: Vec<String>,
+    /// With --old-cluster: accept --from for only some old instances (one
+    /// step of a relayout split over hosts: each old host scatters its own
+    /// users, each new host gathers its pieces; see the README).
+    #[arg(long, requires = "old_cluster")]
+    pub partial: bool,
 }
 
 impl RelayoutArgs {
@@ -129,7 +137,7 @@ impl RelayoutArgs {
             }
             sources.push(source);
         }
-        if let Some(old) = &old {
+        if let Some(old) = old.as_ref().filter(|_| !self.partial) {
             let missing: Vec<&str> = (0..old.instances.len())
                 .filter(|i| !sources.iter().any(|s| s.old_instance == Some(*i)))
                 .map(|i| old.instances[i].name.as_str())
@@ -137,7 +145,8 @@ impl RelayoutArgs {
             if !missing.is_empty() {
                 return Err(format!(
                     "no --from NAME=DIR for old instance(s) {}: their users would start \
-                     again; give their state directories",
+                     again; give their state directories (or --partial, if another run \
+                     reads them)",
                     missing.join(", ")
                 ));
             }

@@ -340,3 +340,108 @@ impl std::fmt::Display for Report {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::format::{build_segment, FileHeader, FileKind, FileName};
+
+    fn p(user: u32, served: u32) -> Progress {
+        Progress {
+            user,
+            served,
+            version: 3,
+            prefix: served as u64 * 11,
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shardfeed-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A segment of generation 1, shard 0 of 1, after a seeded checkpoint:
+    /// its records win, as at a server's start.
+    fn append_segment(dir: &Path, records: &[Progress]) {
+        let header = FileHeader {
+            kind: FileKind::Segment,
+            unit: 512,
+            shard: 0,
+            shards: 1,
+            generation: 1,
+            seq: 0,
+            first_lsn: 0,
+            salt: 99,
+            created_ms: 0,
+        };
+        let name = FileName::Segment {
+            generation: 1,
+            shard: 0,
+            seq: 0,
+        };
+        std::fs::write(
+            dir.join(name.to_string()),
+            build_segment(&header, &[records], true),
+        )
+        .unwrap();
+    }
+
+    /// Checkpoints and segments are read as a server reads them (the latest
+    /// record wins); the same progress in two sources is kept once;
+    /// `--instance` writes only the chosen instances.
+    #[test]
+    fn latest_progress_goes_to_the_new_owner_and_only_chosen_instances_are_written() {
+        let root = scratch("relayout-unit");
+        let (a, b, out) = (root.join("a"), root.join("b"), root.join("out"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        journal::seed_checkpoints(&a, &mut [vec![p(1, 5), p(7, 5)]]).unwrap();
+        append_segment(&a, &[p(1, 9)]);
+        journal::seed_checkpoints(&b, &mut [vec![p(7, 5), p(3, 1)]]).unwrap();
+        let cluster = Cluster::parse("x 127.0.0.1:7000 2\ny 127.0.0.1:7100 1\n").unwrap();
+        let sources = [&a, &b].map(|d| Source {
+            dir: d.clone(),
+            old_instance: None,
+        });
+        let latest = [p(1, 9), p(3, 1), p(7, 5)];
+        // Users 1 and 3 are x's, 7 (in both sources) is y's.
+        let owners: Vec<usize> = latest
+            .iter()
+            .map(|q| cluster.owner(q.user).instance)
+            .collect();
+        assert_eq!(owners, [0, 0, 1]);
+        for only in [vec![1], vec![]] {
+            let _ = std::fs::remove_dir_all(&out);
+            let plan = Plan {
+                cluster: cluster.clone(),
+                old: None,
+                sources: sources.to_vec(),
+                out: out.clone(),
+                only: only.clone(),
+            };
+            let report = relayout(&plan).unwrap();
+            assert_eq!(report.read[0].users, 2);
+            for (i, inst) in cluster.instances.iter().enumerate() {
+                let dir = out.join(&inst.name);
+                if !only.is_empty() && !only.contains(&i) {
+                    assert!(!dir.exists());
+                    continue;
+                }
+                let got = journal::recover_existing(&dir, "test").unwrap().users;
+                let want: Vec<Progress> = latest
+                    .iter()
+                    .filter(|q| cluster.owner(q.user).instance == i)
+                    .copied()
+                    .collect();
+                assert_eq!(got, want, "instance {}", inst.name);
+            }
+            let written: usize = report.written.iter().flat_map(|w| &w.users).sum();
+            let skipped: usize = report.read.iter().map(|r| r.not_written).sum();
+            assert_eq!(written + report.same_twice + skipped, 4);
+            assert_eq!(report.same_twice, 1);
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -211,7 +211,51 @@ fn relayout_keeps_every_users_progress_across_layouts() {
     let (file3, c3) = cluster_file(&dir, "c3.txt", &[("a", 2), ("c", 1)]);
     let root3 = dir.0.join("layout3");
     let states3 = relayout_and_check((&c2, &states2), (&file3, &c3), &root3);
-    let s = start_all(&dir, &file3, &c3, &states3);
+    // The same split over hosts: each old instance scatters its users
+    // (--old-cluster --partial), each new one gathers its pieces
+    // (--instance); the result is the same progress.
+    let (old_file, new_file) = (path_str(&file2), path_str(&file3));
+    for (inst, state) in c2.instances.iter().zip(&states2) {
+        let from = format!("{}={}", inst.name, path_str(state));
+        let out = dir.0.join("scatter").join(&inst.name);
+        let (ok, stdout, stderr) = relayout(&[
+            "--cluster",
+            new_file,
+            "--old-cluster",
+            old_file,
+            "--partial",
+            "--from",
+            &from,
+            "--out-dir",
+            path_str(&out),
+        ]);
+        assert!(ok, "{stdout}{stderr}");
+    }
+    let mut gathered = Vec::new();
+    for (inst, direct) in c3.instances.iter().zip(&states3) {
+        let pieces: Vec<PathBuf> = c2
+            .instances
+            .iter()
+            .map(|o| dir.0.join("scatter").join(&o.name).join(&inst.name))
+            .collect();
+        let out = dir.0.join("gather").join(&inst.name);
+        let mut args = vec!["--cluster", new_file, "--instance", &inst.name];
+        args.extend(["--out-dir", path_str(&out)]);
+        for p in &pieces {
+            args.extend(["--from", path_str(p)]);
+        }
+        let (ok, stdout, stderr) = relayout(&args);
+        assert!(ok, "{stdout}{stderr}");
+        let written: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(written, [inst.name.clone()], "only the chosen instance");
+        let state = out.join(&inst.name);
+        assert_eq!(progress_in(&state), progress_in(direct), "{}", inst.name);
+        gathered.push(state);
+    }
+    let s = start_all(&dir, &file3, &c3, &gathered);
     serve_pages(&c3, &mut served, |_| None);
     stop_all(s);
 
@@ -299,6 +343,10 @@ fn relayout_refuses_what_would_lose_or_mix_progress() {
             so,
         ],
         "no --from NAME=DIR for old instance(s) b",
+    );
+    refused(
+        &["--cluster", new, "--partial", "--from", sa, "--out-dir", so],
+        "--old-cluster",
     );
     refused(
         &[
