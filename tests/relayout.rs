@@ -250,7 +250,11 @@ fn relayout_keeps_every_users_progress_across_layouts() {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(written, [inst.name.clone()], "only the chosen instance");
+        assert_eq!(
+            written,
+            std::slice::from_ref(&inst.name),
+            "only the chosen instance"
+        );
         let state = out.join(&inst.name);
         assert_eq!(progress_in(&state), progress_in(direct), "{}", inst.name);
         gathered.push(state);

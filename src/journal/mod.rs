@@ -10,6 +10,8 @@
 //! - `recover`: start-up: read every file, keep the latest progress per user.
 //! - `writer`: [`ShardJournal`] and its background writer task.
 //! - `checkpoint`: [`Checkpoint`] and the clean-up after one.
+//! - `seed`: [`seed_checkpoints`]: a state directory written by a tool
+//!   (`shardfeed relayout`) in the same format, blocking std I/O.
 //!
 //! # On-disk format (one page)
 //!
