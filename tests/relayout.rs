@@ -41,28 +41,44 @@ fn cluster_file(dir: &TempDir, file: &str, layout: &[(&str, usize)]) -> (PathBuf
     (dir.file(file, &text), Cluster::parse(&text).unwrap())
 }
 
-/// Every instance of `cluster`, each with its `--state-dir` `states[i]`.
-fn start_all(dir: &TempDir, file: &Path, cluster: &Cluster, states: &[PathBuf]) -> Vec<Spawned> {
+/// Every instance of `cluster`, each with its `--state-dir` `states[i]`
+/// and `extra` flags.
+fn start_all_with(
+    dir: &TempDir,
+    file: &Path,
+    cluster: &Cluster,
+    states: &[PathBuf],
+    extra: &[&str],
+) -> Vec<Spawned> {
     let (feeds, pool) = known_files(dir);
     let mut all = Vec::new();
     for (inst, state) in cluster.instances.iter().zip(states) {
-        let mut s = Spawned::serve(&[
-            "--cluster",
-            path_str(file),
-            "--instance",
-            &inst.name,
-            "--feed",
-            path_str(&feeds),
-            "--fallback",
-            path_str(&pool),
-            "--state-dir",
-            path_str(state),
-            "--no-pin",
-        ]);
+        let mut s = Spawned::serve(
+            &[
+                "--cluster",
+                path_str(file),
+                "--instance",
+                &inst.name,
+                "--feed",
+                path_str(&feeds),
+                "--fallback",
+                path_str(&pool),
+                "--state-dir",
+                path_str(state),
+                "--no-pin",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        );
         s.listening();
         all.push(s);
     }
     all
+}
+
+fn start_all(dir: &TempDir, file: &Path, cluster: &Cluster, states: &[PathBuf]) -> Vec<Spawned> {
+    start_all_with(dir, file, cluster, states, &[])
 }
 
 fn stop_all(servers: Vec<Spawned>) {
@@ -171,7 +187,8 @@ fn relayout_and_check(
     dirs
 }
 
-/// 2 instances (2 and 1 shards) serve part of every feed; relayout to 3
+/// 2 instances (2 and 1 shards) serve part of every feed (`--fsync always`;
+/// one stops with SIGTERM, the other is killed); relayout to 3
 /// (1, 2, 2 shards: a and b change their shard counts, c is new); those
 /// serve more; relayout to 2 (a with 2 shards, c with 1: b removed); those
 /// serve every feed to its end. Every user gets every item exactly once,
@@ -183,9 +200,25 @@ fn relayout_keeps_every_users_progress_across_layouts() {
 
     let (file1, c1) = cluster_file(&dir, "c1.txt", &[("a", 2), ("b", 1)]);
     let states1 = vec![dir.0.join("a1"), dir.0.join("b1")];
-    let s = start_all(&dir, &file1, &c1, &states1);
+    // Under --fsync always every page answered is durable: b is killed
+    // (its segments end in a zeroed tail, unsealed) and still loses nothing.
+    let mut s = start_all_with(&dir, &file1, &c1, &states1, &["--fsync", "always"]);
     serve_pages(&c1, &mut served, |u| Some(u % 3));
+    let mut b = s.pop().unwrap();
+    b.signal(libc::SIGKILL);
+    b.wait_exit(Duration::from_secs(20));
     stop_all(s);
+    let killed = journal::recover_existing(&states1[1], "test")
+        .unwrap()
+        .report;
+    assert!(
+        killed
+            .files
+            .iter()
+            .any(|f| f.ending.contains("(zeroed) tail")),
+        "{:?}",
+        killed.files
+    );
 
     let (file2, c2) = cluster_file(&dir, "c2.txt", &[("a", 1), ("b", 2), ("c", 2)]);
     let root2 = dir.0.join("layout2");
