@@ -108,6 +108,11 @@ impl RelayoutArgs {
         let mut sources = Vec::with_capacity(self.from.len());
         for from in &self.from {
             let source = match &old {
+                None if from.contains('=') && !std::path::Path::new(from).exists() => {
+                    return Err(format!(
+                        "--from {from} does not exist (NAME=DIR is for use with --old-cluster)"
+                    ))
+                }
                 None => Source {
                     dir: PathBuf::from(from),
                     old_instance: None,

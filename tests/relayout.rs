@@ -404,6 +404,10 @@ fn relayout_refuses_what_would_lose_or_mix_progress() {
         "does not exist",
     );
     assert!(!dir.0.join("missing").exists(), "an input is never created");
+    refused(
+        &["--cluster", new, "--from", &na, "--out-dir", so],
+        "NAME=DIR is for use with --old-cluster",
+    );
     let empty = dir.0.join("empty");
     std::fs::create_dir(&empty).unwrap();
     refused(
