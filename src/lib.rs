@@ -44,7 +44,10 @@
 //! - [`cluster`]: the cluster file (`serve --cluster`) and the one
 //!   ownership function over all (instance, shard) pairs, the same as the
 //!   generated nginx front's; [`nginx`]: that front (`nginx-conf`).
-//!   `server/ports.rs` binds each shard's own port.
+//!   `server/ports.rs` binds each shard's own port. [`relayout`]: the
+//!   old instances' state directories rewritten for a new cluster file
+//!   (`shardfeed relayout`), through the journal's recovery and
+//!   `journal/seed.rs`.
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs); [`cli`]:
 //!   the command line.
 //! - [`counters`]: the macro that declares a counter struct once (fields,
@@ -82,6 +85,7 @@ pub mod load;
 pub mod log;
 pub mod metrics;
 pub mod nginx;
+pub mod relayout;
 pub mod server;
 pub mod session;
 pub mod shard;
