@@ -158,6 +158,8 @@ proptest! {
                 &b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"[..],
                 &b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"[..],
                 &b"Connection: close\r\n"[..],
+                &b"GET /feed/1?size=2&cursor=0123abc HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                &b"HEAD /feed/2?cursor=&size=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             ]),
             0..6,
         ),
