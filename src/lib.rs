@@ -17,9 +17,9 @@
 //!
 //! A local page runs through those five modules (six files: `http` decodes
 //! in one and encodes in another), calling only leaf helpers besides
-//! ([`decimal`], [`hash`], [`user_table`], [`metrics`]); a forwarded page
-//! adds the forwarding parts of [`shard`] (`shard/tickets.rs` on the
-//! origin) and nothing else.
+//! ([`decimal`], [`hash`], [`cursor`], [`user_table`], [`metrics`]); a
+//! forwarded page adds the forwarding parts of [`shard`]
+//! (`shard/tickets.rs` on the origin) and nothing else.
 //!
 //! Around the path:
 //! - [`server`]: start-up (bind, load, one executor per shard), supervision,
@@ -53,6 +53,8 @@
 //! - [`counters`]: the macro that declares a counter struct once (fields,
 //!   merging, the table `/stats` and `/metrics` render from).
 //! - [`decimal`], [`hash`]: the one decimal parser and the one mixer.
+//! - [`cursor`]: the `Feed-Cursor` token of retry-safe pages (its format
+//!   only; the store decides what a cursor serves).
 //! - [`uring`]: **the process's io_uring setup is intercepted.** `build.rs`
 //!   links the binary, tests and benches with
 //!   `-Wl,--wrap=__sys_io_uring_setup`, so every ring glommio's bundled
@@ -73,6 +75,7 @@ pub mod cli;
 pub mod cluster;
 pub mod conn;
 pub mod counters;
+pub mod cursor;
 pub mod decimal;
 pub mod feed;
 pub mod hash;

@@ -237,7 +237,10 @@ impl Shard {
         let size = ask.size as usize;
         let mut store = self.store.borrow_mut();
         self.carry_first(&mut store, ask.user);
-        let outcome = store.page(ask.user, size, &mut items, !ask.peek);
+        let served = store.page(ask.user, size, ask.cursor, &mut items, !ask.peek);
+        // A cursor's page that moved the user on is journaled like any
+        // other; a pure retry (progress already past its end) reports
+        // nothing, so it has no record to wait for.
         let advanced = store.take_advanced();
         let lsn = match (advanced, &self.journal) {
             (Some(p), Some(journal)) => Some(journal.append(journal::Progress {
@@ -248,21 +251,31 @@ impl Shard {
             })),
             _ => None,
         };
-        (Page { items, outcome }, lsn)
+        let page = Page {
+            items,
+            outcome: served.map(|_| ()),
+            cursor: served.ok(),
+        };
+        (page, lsn)
     }
 
     /// A user of another instance: fallback items only, no progress
     /// changes anywhere, counted; answered with `Shardfeed-Degraded:
     /// not-owner`. Not cold: while an instance is down, the front sends its
-    /// users here.
+    /// users here. A request's cursor comes back unchanged (the user is
+    /// still where it says, and continues there once the owner is back),
+    /// and its pool offset makes a repeated request's items the same;
+    /// without one the answer has no cursor: this instance does not know
+    /// where the user is.
     fn misdirected(&self, ask: PageAsk) -> Page {
         let mut items = self.take_buffer();
         self.metrics.borrow_mut().counters.misdirected += 1;
         let mut store = self.store.borrow_mut();
-        store.fallback_page(ask.size as usize, &mut items, !ask.peek);
+        store.fallback_page(ask.size as usize, ask.cursor, &mut items, !ask.peek);
         Page {
             items,
             outcome: Err(Unserved::NotOwner),
+            cursor: ask.cursor,
         }
     }
 
@@ -273,6 +286,7 @@ impl Shard {
         Page {
             items,
             outcome: Err(Unserved::Overloaded),
+            cursor: None,
         }
     }
 
