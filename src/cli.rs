@@ -292,6 +292,13 @@ pub struct ServeArgs {
     /// way out; the flag needs Linux 5.19 and is skipped where refused.
     #[arg(long)]
     pub no_coop_taskrun: bool,
+    /// Keep every connection on the shard that accepted it. By default a
+    /// keep-alive connection whose last 2 feed requests were for users of
+    /// one other shard moves to that shard (at most twice per connection),
+    /// so that a client asking for its own user's pages is served without
+    /// forwarding.
+    #[arg(long)]
+    pub no_move_connections: bool,
     /// Keep every user's progress in a journal and checkpoints under DIR
     /// (created if missing), so that a restart or a crash continues every
     /// user where they were [default: in memory only].
@@ -507,6 +514,7 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             pin: !self.no_pin,
             coop_taskrun: !self.no_coop_taskrun,
+            move_connections: !self.no_move_connections,
             state: self.state_dir.clone().map(|dir| StateConfig {
                 dir,
                 fsync: self.fsync,
