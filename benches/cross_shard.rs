@@ -73,7 +73,7 @@ fn main() {
                     metrics: ShardMetrics::new(false),
                     links,
                     journal: None,
-                    move_connections: false,
+                    move_after: 0,
                 })
                 .await
                 .expect("a shard");

@@ -3,12 +3,14 @@
 session (10 pages of one random user, then a new connection as another
 user), from benches/session_load.rs, against
 
-  A moves:     `serve --shards 2` (connections move to their user's shard)
+  A moves:     `serve --shards 2` (connections move to their user's shard
+               after 2 requests for it, the default)
+  A1 moves-1:  the same with `--move-after 1` (after the first)
   B no-moves:  `serve --shards 2 --no-move-connections`
   C nginx-2:   nginx, 2 workers, `return 200` with a body of the same length
 
 side by side in one run, each round starting every server afresh in turn
-(A B C, A B C, ...):
+(A A1 B C, A A1 B C, ...):
 
     scripts/session-bench.py [--rounds 3] [--duration 8] [--users 1000000]
         [--connections 64] [--threads 2] [--record DIR]
@@ -95,7 +97,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="session-bench-")
     log = open(os.path.join(tmp, "servers.log"), "w")
     data = ["--users", str(a.users), "--feed-len", str(a.feed_len)]
-    configs = {"A moves": [], "B no-moves": ["--no-move-connections"], "C nginx-2": None}
+    configs = {"A moves": [], "A1 moves-1": ["--move-after", "1"], "B no-moves": ["--no-move-connections"], "C nginx-2": None}
     results = {k: [] for k in configs}
     raw = []
     for r in range(a.rounds):
@@ -170,7 +172,8 @@ def main():
     # Ratios of each round's pair (same round, adjacent in time).
     ratio = lambda x, y: [p["rps"] / q["rps"] for p, q in zip(results[x], results[y])]
     lines.append("")
-    for x, y in (("A moves", "B no-moves"), ("A moves", "C nginx-2"), ("B no-moves", "C nginx-2")):
+    for x, y in (("A moves", "B no-moves"), ("A1 moves-1", "B no-moves"), ("A moves", "C nginx-2"),
+                 ("A1 moves-1", "C nginx-2"), ("B no-moves", "C nginx-2")):
         rs = ratio(x, y)
         lines.append(f"requests/s {x} / {y}: median {statistics.median(rs):.2f} (per round: "
                      + ", ".join(f"{v:.2f}" for v in rs) + ")")

@@ -101,9 +101,9 @@ pub struct ServeConfig {
     /// `--cluster FILE --instance NAME`: this process is one instance; its
     /// shards also listen on their own ports (see `server/ports.rs`).
     pub cluster: Option<ClusterSeat>,
-    /// Connections that keep asking for one other shard's users move there
-    /// (off: `--no-move-connections`).
-    pub move_connections: bool,
+    /// Connections that ask this many times in a row for one other shard's
+    /// users move there (`--move-after`); 0: never (`--no-move-connections`).
+    pub move_after: u8,
 }
 
 /// What shards, stop handles and the signal thread tell the supervisor.
@@ -309,7 +309,7 @@ fn launch(
             metrics,
             links,
             journal,
-            move_connections: config.move_connections,
+            move_after: config.move_after,
         };
         let life = ShardLife {
             config: config.clone(),

@@ -23,11 +23,12 @@ use crate::metrics::{self, Class, Route, Snapshot};
 /// thousands of idle connections should not cost a large buffer each.
 const INITIAL_INPUT: usize = 2 * 1024;
 
-/// Connection moves: a connection whose last this many feed requests were
-/// all for users of one other [`Backend::Home`] moves there (a mobile app's
-/// connection asks for its own user only). Two, not one: one request says
-/// little about a connection, and every request before the move is
-/// forwarded.
+/// Connection moves: by default, a connection whose last this many feed
+/// requests were all for users of one other [`Backend::Home`] moves there
+/// (a mobile app's connection asks for its own user only); the backend
+/// may say otherwise ([`Backend::move_after`], `--move-after`). Two, not
+/// one: one request says little about a connection (it may be its only
+/// one), though every request before the move is forwarded.
 pub const MOVE_AFTER: u8 = 2;
 /// A connection moves at most this often: a connection asking for random
 /// users (a load generator, a pooled proxy) gains nothing from moving, and
@@ -69,6 +70,11 @@ pub trait Backend {
     /// answered here, or connections do not move. See [`MOVE_AFTER`].
     type Home: Copy + Eq;
     fn home(&self, user: u32) -> Option<Self::Home>;
+    /// A connection moves after this many feed requests in a row for one
+    /// other home (at least 1).
+    fn move_after(&self) -> u8 {
+        MOVE_AFTER
+    }
 }
 
 /// Which routes a listening port serves.
@@ -306,13 +312,13 @@ impl<B: Backend> Session<B> {
     }
 
     /// Where this connection should move, between rounds: its last
-    /// [`MOVE_AFTER`] feed requests were for users of that home, it has
+    /// [`Backend::move_after`] feed requests were for users of that home, it has
     /// moved fewer than [`MAX_MOVES`] times, and every answer is written.
     #[inline]
     pub fn wants_move(&self) -> Option<B::Home> {
         let s = &self.streak;
         let settled = self.queued.is_empty() && self.out.is_empty() && self.answered.is_empty();
-        (s.count >= MOVE_AFTER && s.moves < MAX_MOVES && settled)
+        (s.count >= self.backend.move_after() && s.moves < MAX_MOVES && settled)
             .then_some(s.home)
             .flatten()
     }

@@ -13,7 +13,7 @@
 //! (gathering every shard's metrics, and the shard's stop announcement).
 //!
 //! Connection moves: a connection whose requests keep going to one other
-//! shard (the policy is in `session.rs`, [`crate::session::MOVE_AFTER`]) is
+//! shard (the policy is in `session.rs`, [`crate::session::MOVE_AFTER`], `--move-after`) is
 //! handed to that shard ([`Shard::hand_off`], `conn.rs` does the socket
 //! side), so that its later requests are local. Here is only where it may
 //! go ([`Backend::home`]) and the channel it travels by, one per ordered
@@ -184,6 +184,9 @@ pub struct Shard {
     /// ourselves); empty when connections do not move
     /// (`--no-move-connections`).
     handoffs_to: Vec<Option<ConnectedSender<Box<Handoff>>>>,
+    /// Feed requests in a row for one other shard's users after which a
+    /// connection moves there (`--move-after`).
+    move_after: u8,
     /// Connections moving here, until the server takes the channels
     /// ([`Shard::take_handoffs`]).
     handoffs_from: RefCell<Vec<ConnectedReceiver<Box<Handoff>>>>,
@@ -414,6 +417,10 @@ impl Backend for Rc<Shard> {
     fn home(&self, user: u32) -> Option<ShardId> {
         Shard::home(self, user)
     }
+
+    fn move_after(&self) -> u8 {
+        self.move_after
+    }
 }
 
 /// What a shard starts from.
@@ -430,9 +437,10 @@ pub struct ShardParts {
     pub links: Links,
     /// Where to keep this shard's journal (`--state-dir`), if anywhere.
     pub journal: Option<JournalPlan>,
-    /// Connections move to the shard that owns their user (not with
-    /// `--no-move-connections`).
-    pub move_connections: bool,
+    /// Connections move to the shard that owns their user after this many
+    /// feed requests in a row for its users (`--move-after`); 0: never
+    /// (`--no-move-connections`).
+    pub move_after: u8,
 }
 
 /// How a shard opens its journal, on its own executor.
@@ -462,7 +470,7 @@ pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
     // every end, or its peers would wait for it.
     let (mut handoffs_to, handoffs_from) =
         mesh::connect_oneway(parts.links.handoffs_to, parts.links.handoffs_from).await;
-    if !parts.move_connections {
+    if parts.move_after == 0 {
         handoffs_to.clear();
     }
     let shard = Rc::new(Shard {
@@ -479,6 +487,7 @@ pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
         replay,
         connections: Rc::new(Registry::default()),
         handoffs_to,
+        move_after: parts.move_after.max(1),
         handoffs_from: RefCell::new(handoffs_from.into_iter().flatten().collect()),
     });
     for (requests, replies) in pages.requests_from.into_iter().zip(pages.replies_to) {
