@@ -286,7 +286,7 @@ fn main() {
                 let share = o.connections / o.threads + usize::from(t < o.connections % o.threads);
                 let o = &o;
                 let seed =
-                    (std::process::id() as u64) << 20 ^ (t as u64 + 1) * 0x9e37_79b9_7f4a_7c15;
+                    ((std::process::id() as u64) << 20) ^ ((t as u64 + 1) * 0x9e37_79b9_7f4a_7c15);
                 scope.spawn(move || run_thread(o, share, seed))
             })
             .collect();

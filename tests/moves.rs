@@ -282,3 +282,22 @@ fn in_a_cluster_only_this_instances_other_shard_moves_a_connection() {
     let (status, _, _) = a.wait_exit(std::time::Duration::from_secs(20));
     assert!(status.success());
 }
+
+/// `--move-after 1`: the first request for the other shard's user moves
+/// the connection; nothing after it is forwarded.
+#[test]
+fn move_after_one_moves_after_the_first_request() {
+    let dir = TempDir::new("moves-after-1");
+    let s = Server::known(&dir, &["--move-after", "1"]);
+    let user = 6;
+    let mut c = connection_away_from(&s, user);
+    let forwarded = total(&s, "forwarded_out");
+    for k in 0..5 {
+        assert_eq!(
+            c.get(&format!("/feed/{user}?size=1")).items(),
+            [feed_of(user)[k]]
+        );
+    }
+    assert_eq!(total(&s, "forwarded_out"), forwarded);
+    assert_eq!(total(&s, "connections_moved"), 1);
+}
