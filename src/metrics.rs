@@ -355,6 +355,8 @@ pub struct Process {
     pub serving: bool,
     pub degraded: Vec<&'static str>,
     pub resident_bytes: Option<u64>,
+    /// Reloads (`SIGHUP`): `(ok, failed)`.
+    pub reloads: (u64, u64),
 }
 
 impl Process {
@@ -365,6 +367,7 @@ impl Process {
             serving: health.phase() == Phase::Serving && health.degraded().is_empty(),
             degraded: health.degraded().into_iter().map(|(s, _)| s).collect(),
             resident_bytes: resident_bytes(),
+            reloads: health.reloads(),
         }
     }
 }
@@ -438,6 +441,11 @@ fn prometheus_process(out: &mut String, p: &Process) {
     for source in &p.degraded {
         let _ = writeln!(out, "shardfeed_degraded{{source=\"{source}\"}} 1");
     }
+    let help = "Feed reloads (SIGHUP) by result: ok (the new version serves), failed (the old one still does).";
+    family(out, "reloads_total", help, "counter");
+    let (ok, failed) = p.reloads;
+    let _ = writeln!(out, "shardfeed_reloads_total{{result=\"ok\"}} {ok}");
+    let _ = writeln!(out, "shardfeed_reloads_total{{result=\"failed\"}} {failed}");
     let start = p.start_time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let _ = writeln!(
         out,
@@ -729,6 +737,7 @@ mod tests {
             serving: false,
             degraded: vec!["journal"],
             resident_bytes: Some(4096),
+            reloads: (2, 1),
         }
     }
 
