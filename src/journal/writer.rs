@@ -8,7 +8,12 @@
 //! end of the current segment and, per policy, fdatasyncs: all through
 //! glommio's io_uring, so the executor never blocks. Whoever awaited
 //! [`ShardJournal::durable`] in the meantime is woken by that one write and
-//! one sync: group commit.
+//! one sync: group commit. Under `always` the commit is pipelined: the sync
+//! runs as its own task while the writer writes the next batch, and the
+//! next sync is issued as soon as that write completes (up to
+//! [`JournalConfig::max_syncs`] in flight; the rule that turns their
+//! completions into a durable LSN is in `syncs.rs`). Waiters are woken only
+//! when the durable LSN moves (or on a failure), not after every write.
 //!
 //! DMA buffers come from the executor's registered `io_memory` (the server
 //! gives it 128 KiB) and, when that pool is exhausted, glommio falls back to
@@ -836,7 +841,7 @@ impl Writer {
         if policy == FsyncPolicy::Always {
             // Writes go on while syncs are in flight; a sync is issued
             // whenever written records are not covered and a slot is free.
-            if unwritten {
+            if unwritten || self.broken {
                 return Step::Flush { sync };
             }
             let covered = st.syncs.issued_upto().max(st.durable_lsn);
@@ -958,7 +963,12 @@ impl Writer {
         let mut st = self.inner.st.borrow_mut();
         let upto = st.written_lsn;
         let covered = st.syncs.issued_upto().max(st.durable_lsn);
-        if upto <= covered || st.syncs.in_flight() >= self.inner.cfg.max_syncs {
+        // After a failed sync, nothing more on this segment until the
+        // writer has abandoned it: a later sync must not vouch for it.
+        if upto <= covered
+            || st.syncs.in_flight() >= self.inner.cfg.max_syncs
+            || st.sync_failed.is_some()
+        {
             return;
         }
         let ticket = st.syncs.issue(upto, Instant::now());
