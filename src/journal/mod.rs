@@ -96,6 +96,7 @@ mod checkpoint;
 pub mod format;
 mod recover;
 mod seed;
+mod syncs;
 mod writer;
 
 pub use checkpoint::Checkpoint;
@@ -131,8 +132,10 @@ impl Lsn {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
     /// Every record is written and fdatasync'ed as soon as possible; all
-    /// records waiting when the writer runs share one write and one sync.
-    /// The shard answers after [`ShardJournal::durable`].
+    /// records waiting when the writer runs share one write and one sync,
+    /// and the next batch is written while that sync is in flight
+    /// (pipelined group commit, `syncs.rs`). The shard answers after
+    /// [`ShardJournal::durable`].
     Always,
     /// Written within `write_every` (100 ms) and synced within `sync_every`
     /// (500 ms) of being appended: a crash loses at most the last ~0.5 s

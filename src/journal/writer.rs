@@ -8,7 +8,12 @@
 //! end of the current segment and, per policy, fdatasyncs: all through
 //! glommio's io_uring, so the executor never blocks. Whoever awaited
 //! [`ShardJournal::durable`] in the meantime is woken by that one write and
-//! one sync: group commit.
+//! one sync: group commit. Under `always` the commit is pipelined: the sync
+//! runs as its own task while the writer writes the next batch, and the
+//! next sync is issued as soon as that write completes (up to
+//! [`JournalConfig::max_syncs`] in flight; the rule that turns their
+//! completions into a durable LSN is in `syncs.rs`). Waiters are woken only
+//! when the durable LSN moves (or on a failure), not after every write.
 //!
 //! DMA buffers come from the executor's registered `io_memory` (the server
 //! gives it 128 KiB) and, when that pool is exhausted, glommio falls back to
@@ -42,6 +47,7 @@ use super::format::{
     PER_SECTOR, SECTOR,
 };
 use super::recover::Recovery;
+use super::syncs::{Completed, SyncQueue, SyncTicket};
 use super::{FsyncPolicy, JournalError, Lsn, Progress};
 
 /// How one shard's journal behaves. [`JournalConfig::new`] gives the
@@ -72,6 +78,10 @@ pub struct JournalConfig {
     pub max_queued: usize,
     /// Largest single journal write. Default 32 KiB (960 records).
     pub write_bytes: usize,
+    /// Always: fdatasyncs in flight at once (pipelined group commit: the
+    /// next batch is written, and its sync issued, while earlier syncs are
+    /// in flight). 1 still overlaps writing with syncing. Default 2.
+    pub max_syncs: usize,
     /// Dropped segments kept for reuse (an overwrite is cheaper to sync than
     /// an append to new blocks). Default 2.
     pub keep_free: usize,
@@ -95,6 +105,7 @@ impl JournalConfig {
             retry_every: Duration::from_millis(500),
             max_queued: 1 << 20,
             write_bytes: 32 << 10,
+            max_syncs: 2,
             keep_free: 2,
             checkpoint_bytes: 64 << 20,
             checkpoint_every: Duration::from_secs(600),
@@ -239,6 +250,12 @@ pub(super) struct State {
     pub(super) started: Instant,
     pub(super) counters: Counters,
     pub(super) sync_latency: Histogram<u64>,
+    /// Always: the fdatasyncs in flight on the current segment.
+    syncs: SyncQueue,
+    /// One of them failed: the writer abandons the segment.
+    sync_failed: Option<Rc<str>>,
+    /// `durable_lsn` when the waiters were last woken.
+    woken_at: u64,
 }
 
 impl State {
@@ -255,8 +272,26 @@ impl State {
     }
 
     fn wake_waiters(&mut self) {
+        self.woken_at = self.durable_lsn;
         for w in self.waiters.drain(..) {
             w.wake();
+        }
+    }
+
+    /// Wakes the waiters if something became durable since they were last
+    /// woken (a woken waiter that finds its record not durable yet only
+    /// registers again: waking it for nothing costs a poll per answer).
+    fn wake_if_advanced(&mut self) {
+        if self.durable_lsn != self.woken_at {
+            self.wake_waiters();
+        }
+    }
+
+    /// Makes every record below `upto` durable (if they are not already).
+    fn advance_durable(&mut self, upto: u64) {
+        if upto > self.durable_lsn {
+            self.durable_lsn = upto;
+            self.trim();
         }
     }
 
@@ -317,8 +352,11 @@ impl ShardJournal {
         if shard >= config.shards {
             return Err(format!("journal: shard {shard} of {}", config.shards));
         }
-        if config.segment_bytes < 16 << 10 || config.write_bytes < 4096 {
-            return Err("journal: segment_bytes must be >= 16 KiB, write_bytes >= 4 KiB".into());
+        if config.segment_bytes < 16 << 10 || config.write_bytes < 4096 || config.max_syncs == 0 {
+            return Err(
+                "journal: segment_bytes must be >= 16 KiB, write_bytes >= 4 KiB, max_syncs >= 1"
+                    .into(),
+            );
         }
         let directory = Directory::open(dir)
             .await
@@ -368,6 +406,9 @@ impl ShardJournal {
                 started: now,
                 counters: Counters::default(),
                 sync_latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+                syncs: SyncQueue::with_capacity(config.max_syncs),
+                sync_failed: None,
+                woken_at: 0,
             }),
             cfg: config,
             writer: Signal::default(),
@@ -578,6 +619,38 @@ impl Future for Durable {
     }
 }
 
+/// A sync issued by [`Writer::launch_sync`] completed: applies the rule of
+/// `syncs.rs`, wakes the answers whose records became durable, and tells
+/// the writer (a slot is free; or a failure abandons the segment).
+fn sync_done(inner: &Inner, ticket: SyncTicket, epoch: u64, r: Result<(), Rc<str>>) {
+    let mut guard = inner.st.borrow_mut();
+    let st = &mut *guard;
+    let mut synced = 0;
+    let latency = &mut st.sync_latency;
+    let outcome = st.syncs.complete(ticket, r, Instant::now(), |us| {
+        synced += 1;
+        let _ = latency.record(us.max(1));
+    });
+    st.counters.syncs += synced;
+    match outcome {
+        Completed::Durable(upto) => {
+            // A queue dropped meanwhile (writes failing for long) moved
+            // the LSNs on: these records are gone already.
+            if st.reset_epoch == epoch {
+                st.advance_durable(upto);
+            }
+            if st.syncs.in_flight() == 0 && st.failed_at.is_none() {
+                st.io_failed = None;
+            }
+            st.wake_if_advanced();
+        }
+        Completed::Failed(why) => st.sync_failed = Some(why),
+        Completed::Nothing => return,
+    }
+    drop(guard);
+    inner.writer.notify();
+}
+
 /// This shard's free files and the next free number (over all shards);
 /// shard 0 also removes free files of shards this run does not have.
 fn list_free(dir: &Path, shard: u32, shards: u32) -> (Vec<PathBuf>, u64) {
@@ -650,8 +723,9 @@ pub(super) fn short_write(path: &Path) -> Rc<str> {
 
 /// The segment being written.
 struct OpenSegment {
-    file: DmaFile,
-    path: PathBuf,
+    /// Shared with the fdatasyncs in flight on it (Always).
+    file: Rc<DmaFile>,
+    path: Rc<Path>,
     salt: u64,
     unit: u64,
     /// Where the next write goes.
@@ -659,13 +733,26 @@ struct OpenSegment {
     /// Bytes usable for records (the last unit is kept for the seal).
     limit: u64,
     first_lsn: u64,
-    /// Written since its last fdatasync.
+    /// Written since its last fdatasync was issued.
     dirty: bool,
+}
+
+/// Closes a segment's file once no sync holds it any more (they are
+/// drained before a healthy segment is closed; an abandoned one may still
+/// have some in flight, and its file is then closed when the last ends).
+async fn close_file(file: Rc<DmaFile>) {
+    if let Ok(file) = Rc::try_unwrap(file) {
+        let _ = file.close().await;
+    }
 }
 
 /// What the writer does next.
 enum Step {
-    Flush { sync: bool },
+    Flush {
+        sync: bool,
+    },
+    /// Always: issue an fdatasync for what is written and not yet covered.
+    Sync,
     Sleep(Duration),
     Park,
     Close,
@@ -684,11 +771,17 @@ struct Writer {
 impl Writer {
     async fn run(mut self) {
         loop {
+            let failed = self.inner.st.borrow_mut().sync_failed.take();
+            if let Some(why) = failed {
+                self.settle(Err(why));
+                continue;
+            }
             match self.decide() {
                 Step::Flush { sync } => {
                     let r = self.flush(sync).await;
                     self.settle(r);
                 }
+                Step::Sync => self.launch_sync(),
                 Step::Sleep(d) => {
                     futures_lite::future::or(glommio::timer::sleep(d), self.inner.writer.wait())
                         .await
@@ -745,7 +838,19 @@ impl Writer {
             st.want_flush = false;
             return Step::Park;
         }
-        if policy == FsyncPolicy::Always || st.want_flush {
+        if policy == FsyncPolicy::Always {
+            // Writes go on while syncs are in flight; a sync is issued
+            // whenever written records are not covered and a slot is free.
+            if unwritten || self.broken {
+                return Step::Flush { sync };
+            }
+            let covered = st.syncs.issued_upto().max(st.durable_lsn);
+            if st.written_lsn > covered && st.syncs.in_flight() < cfg.max_syncs {
+                return Step::Sync;
+            }
+            return Step::Park;
+        }
+        if st.want_flush {
             return Step::Flush { sync };
         }
         let per_write = cfg.write_bytes / SECTOR * PER_SECTOR;
@@ -810,9 +915,15 @@ impl Writer {
                 continue;
             }
             self.write_some(target, epoch).await?;
+            if sync && self.inner.policy == FsyncPolicy::Always {
+                // Pipelined: the sync runs while the next batch is written.
+                self.launch_sync();
+            }
         }
         let sync_needed = sync && self.seg.as_ref().is_some_and(|s| s.dirty);
-        if sync_needed {
+        if sync_needed && self.inner.policy == FsyncPolicy::Always {
+            self.launch_sync();
+        } else if sync_needed {
             let seg = self.seg.as_mut().expect("a segment");
             let upto = self.inner.st.borrow().written_lsn;
             let t = Instant::now();
@@ -834,6 +945,67 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Always: issues an fdatasync covering every record written so far,
+    /// unless one already covers them or `max_syncs` are in flight. It runs
+    /// as its own task, sharing the segment's file, while the writer goes
+    /// on; its completion makes records durable by the rule of `syncs.rs`
+    /// ([`sync_done`]). The task and its future are one allocation per sync
+    /// (per batch of answers, not per answer).
+    fn launch_sync(&mut self) {
+        if self.broken {
+            return;
+        }
+        let Some(seg) = self.seg.as_mut() else {
+            return;
+        };
+        let mut st = self.inner.st.borrow_mut();
+        let upto = st.written_lsn;
+        let covered = st.syncs.issued_upto().max(st.durable_lsn);
+        // After a failed sync, nothing more on this segment until the
+        // writer has abandoned it: a later sync must not vouch for it.
+        if upto <= covered
+            || st.syncs.in_flight() >= self.inner.cfg.max_syncs
+            || st.sync_failed.is_some()
+        {
+            return;
+        }
+        let ticket = st.syncs.issue(upto, Instant::now());
+        let epoch = st.reset_epoch;
+        drop(st);
+        seg.dirty = false;
+        let file = seg.file.clone();
+        let path = seg.path.clone();
+        let inner = self.inner.clone();
+        glommio::spawn_local(async move {
+            let r = file
+                .fdatasync()
+                .await
+                .map_err(|e| reason("fdatasync", &path, e));
+            // Released before the writer may look for the last holder.
+            drop(file);
+            sync_done(&inner, ticket, epoch, r);
+        })
+        .detach();
+    }
+
+    /// Waits until no sync is in flight (before the segment is sealed or
+    /// closed). `Err` if one of them failed.
+    async fn drain_syncs(&self) -> Result<(), Rc<str>> {
+        loop {
+            {
+                let mut st = self.inner.st.borrow_mut();
+                if let Some(why) = st.sync_failed.take() {
+                    return Err(why);
+                }
+                if st.syncs.in_flight() == 0 {
+                    return Ok(());
+                }
+            }
+            // sync_done notifies the writer; any other wake-up just loops.
+            self.inner.writer.wait().await;
+        }
     }
 
     /// One write of up to `write_bytes` of the queued records before `target`.
@@ -895,11 +1067,15 @@ impl Writer {
     async fn rotate(&mut self) -> Result<(), Rc<str>> {
         if let Some(mut old) = self.seg.take() {
             if !self.broken {
+                if let Err(e) = self.drain_syncs().await {
+                    close_file(old.file).await;
+                    return Err(e);
+                }
                 let r = self
                     .seal(&mut old, self.inner.policy != FsyncPolicy::Never)
                     .await;
                 if let Err(e) = r {
-                    let _ = old.file.close().await;
+                    close_file(old.file).await;
                     return Err(e);
                 }
                 let mut st = self.inner.st.borrow_mut();
@@ -908,13 +1084,15 @@ impl Writer {
                     st.trim();
                 }
             }
-            let _ = old.file.close().await;
+            close_file(old.file).await;
         }
+        // Syncs still in flight on an abandoned segment count no more.
+        self.inner.st.borrow_mut().syncs.abandon();
         let seg = self.new_segment().await?;
         self.broken = false;
         let mut st = self.inner.st.borrow_mut();
         st.segments.push(SegInfo {
-            path: seg.path.clone(),
+            path: seg.path.to_path_buf(),
             end_lsn: seg.first_lsn,
         });
         self.seg = Some(seg);
@@ -994,8 +1172,8 @@ impl Writer {
         let r = self.prepare(&file, &path, seq, from.as_deref()).await;
         match r {
             Ok((unit, salt, first_lsn)) => Ok(OpenSegment {
-                file,
-                path,
+                file: Rc::new(file),
+                path: path.into(),
                 salt,
                 unit,
                 pos: unit,
@@ -1120,10 +1298,16 @@ impl Writer {
         let mut st = self.inner.st.borrow_mut();
         match r {
             Ok(()) => {
-                st.io_failed = None;
                 st.failed_at = None;
+                // Healthy again once the syncs of these writes succeed too.
+                if st.syncs.in_flight() == 0 {
+                    st.io_failed = None;
+                }
+                st.wake_if_advanced();
             }
             Err(why) => {
+                st.syncs.abandon();
+                st.sync_failed = None;
                 st.counters.errors += 1;
                 st.io_failed = Some(why);
                 st.failed_at = Some(Instant::now());
@@ -1133,19 +1317,20 @@ impl Writer {
                 if self.seg.is_some() {
                     self.broken = true;
                 }
+                st.wake_waiters();
             }
         }
-        st.wake_waiters();
     }
 
     /// Everything queued written and synced, the segment sealed and closed.
     async fn close(&mut self) -> Result<(), JournalError> {
         let r = async {
             self.flush(true).await?;
+            self.drain_syncs().await?;
             if let Some(mut seg) = self.seg.take() {
                 if !self.broken {
                     let r = self.seal(&mut seg, true).await;
-                    let _ = seg.file.close().await;
+                    close_file(seg.file).await;
                     r?;
                     let mut st = self.inner.st.borrow_mut();
                     st.durable_lsn = st.durable_lsn.max(st.written_lsn);
