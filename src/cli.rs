@@ -557,9 +557,8 @@ impl PackArgs {
         }
         let cpus: Vec<usize> = (0..shards).collect();
         let source = Source::File(self.input.clone());
-        let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, |u| {
-            shard::owner_of(u, shards)
-        })?;
+        let placed = shard::Ownership::new(shards, None);
+        let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, &placed)?;
         let version = loaded.first().map_or(0, |l| l.1);
         let builders: Vec<_> = loaded.into_iter().map(|l| l.0).collect();
         let users: usize = builders.iter().map(|b| b.users()).sum();
