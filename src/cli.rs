@@ -253,7 +253,10 @@ pub struct ServeArgs {
     /// CPUs to run shards on, e.g. `0-3,8` [default: all available].
     #[arg(long)]
     pub cpus: Option<String>,
-    /// Feed file to serve (`user<TAB>item,item,...`) instead of synthetic data.
+    /// Feed file to serve instead of synthetic data: TSV
+    /// (`user<TAB>item,item,...`) or a snapshot of `shardfeed pack`, told
+    /// by content. A snapshot is mapped, not copied: replace it only by
+    /// renaming a new file over it, never by rewriting it in place.
     #[arg(long)]
     pub feed: Option<PathBuf>,
     #[command(flatten)]
@@ -519,7 +522,8 @@ impl ServeArgs {
 pub struct PackArgs {
     /// The feed file to convert (TSV or Parquet, told by content).
     pub input: PathBuf,
-    /// The snapshot to write (written beside it as OUTPUT.tmp, then renamed).
+    /// The snapshot to write (written beside it as OUTPUT.tmp, then
+    /// renamed: a server mapping the old OUTPUT keeps reading it intact).
     #[arg(long, short, value_name = "OUTPUT")]
     pub out: PathBuf,
     /// Lay the users out for this many shards: a server with as many

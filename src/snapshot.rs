@@ -355,12 +355,14 @@ impl Snapshot {
     ///
     /// The checksum pass reads every page of the mapping, which maps them
     /// all (the kernel maps a whole large folio, up to 2 MiB, per fault):
-    /// after it no page is first touched on the hot path. `MAP_POPULATE`
-    /// instead was slower (1.47-2.71 s against 1.65-2.16 s to serve 5 M
-    /// users, benches/runs/2026-12-02-vm/snapshot-start.txt): populating
-    /// inside `mmap` holds the address space's lock, so the loaders'
-    /// mappings and first touches of fresh memory wait for each other;
-    /// faults from the checksum pass take only the mapping's own lock.
+    /// after it no page is first touched on the hot path (0-1 page faults
+    /// in the first 2000 pages after start, measured). `MAP_POPULATE`
+    /// instead was no faster (5M users loaded in a median 2.64 s against
+    /// 2.14 s, ranges overlapping on a loaded host; record in
+    /// benches/runs/2026-12-02-vm/snapshot-start.txt): populating inside
+    /// `mmap` holds the address space's lock, so the second loader's
+    /// `mmap` waited for the first's; faults from the checksum pass take
+    /// only the mapping's own lock.
     fn own_section(&self, i: usize) -> Result<StoreBuilder, LoadError> {
         let s = &self.sections[i];
         let path = &self.path;
