@@ -80,6 +80,7 @@ fn main() {
                     user,
                     size: 10,
                     peek: false,
+                    cursor: None,
                 };
                 if i != 0 {
                     // The owner only answers; the process exits when shard 0

@@ -6,6 +6,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use shardfeed::cursor::Cursor;
 use shardfeed::feed::Pool;
 use shardfeed::http::{self, Framing, HttpDate, Limits, Persist};
 use shardfeed::load;
@@ -42,19 +43,46 @@ fn main() {
             LIMITS,
         ));
     });
+    let cursor = Cursor {
+        user: 123_456,
+        version: 0x1234_5678,
+        position: 20,
+        pool: 7,
+    };
+    let token = String::from_utf8(cursor.token().to_vec()).unwrap();
+    let with_cursor = format!("/feed/123456?size=10&cursor={token}");
+    bench("http::route (with cursor)", 5_000_000, |_| {
+        black_box(http::route("GET", black_box(&with_cursor), LIMITS));
+    });
     let date = HttpDate::now();
     let page: Vec<u32> = (0..10).map(|i| 1_000_000 + i * 7919).collect();
     let mut out = Vec::with_capacity(4096);
-    bench("http::encode_page (10 items)", 5_000_000, |_| {
+    bench("http::encode_page (10 items, no cursor)", 5_000_000, |_| {
         out.clear();
         http::encode_page(
             &mut out,
             &date,
             Framing::full(Persist::KeepAlive),
             black_box(&page),
+            None,
         );
         black_box(&out);
     });
+    bench(
+        "http::encode_page (10 items, Feed-Cursor)",
+        5_000_000,
+        |_| {
+            out.clear();
+            http::encode_page(
+                &mut out,
+                &date,
+                Framing::full(Persist::KeepAlive),
+                black_box(&page),
+                Some(black_box(&cursor)),
+            );
+            black_box(&out);
+        },
+    );
     let ten: Vec<u32> = (0..10).map(|i| 1_000_000 + i * 7919).collect();
     bench("feed::prefix_hash (10 items)", 10_000_000, |i| {
         black_box(shardfeed::feed::prefix_hash(

@@ -37,7 +37,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
-    /// Run the server (on synthetic data unless --feed is given).
+    /// Run the server (on synthetic data unless --feed is given). SIGHUP
+    /// reloads --feed and --fallback; SIGTERM/SIGINT stop it.
     Serve(ServeArgs),
     /// Write the synthetic data set as a feed file (`user<TAB>item,item,...`).
     Gen(GenArgs),
@@ -54,6 +55,129 @@ pub enum Command {
     /// Print which instance and shard own user ids, under a cluster file
     /// (ids as arguments, or one per line on standard input).
     Owner(OwnerArgs),
+    /// Rewrite stopped instances' state directories for a new cluster file
+    /// (one per new instance: ROOT/NAME).
+    ///
+    /// ROOT/NAME holds the progress of exactly the users NAME will own:
+    /// start it with `serve --cluster NEW --instance NAME --state-dir
+    /// ROOT/NAME`. Every directory written is read back and checked before
+    /// the command reports success (exit 0).
+    Relayout(RelayoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RelayoutArgs {
+    /// The new cluster file (`NAME HOST:PORT SHARDS` per line).
+    #[arg(long, value_name = "FILE")]
+    pub cluster: PathBuf,
+    /// A stopped old instance's --state-dir (repeat for each; a running
+    /// server's is refused). With --old-cluster: NAME=DIR, NAME its line in
+    /// the old file.
+    #[arg(long = "from", value_name = "DIR", required = true)]
+    pub from: Vec<String>,
+    /// Where to write: ROOT/NAME for every new instance. Must be new or
+    /// empty (nothing is written over).
+    #[arg(long, value_name = "ROOT")]
+    pub out_dir: PathBuf,
+    /// The cluster file the old instances ran with: each --from NAME=DIR then
+    /// contributes only the users its instance owned, and every old instance
+    /// must be given. Needed when directories hold stale copies of each
+    /// other's users (the command says so).
+    #[arg(long, value_name = "FILE")]
+    pub old_cluster: Option<PathBuf>,
+    /// Write only this new instance's directory (repeat for several)
+    /// [default: all]: e.g. one run per new host, each reading all old
+    /// directories.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Vec<String>,
+    /// With --old-cluster: accept --from for only some old instances (one
+    /// step of a relayout split over hosts: each old host scatters its own
+    /// users, each new host gathers its pieces; see the README).
+    #[arg(long, requires = "old_cluster")]
+    pub partial: bool,
+}
+
+impl RelayoutArgs {
+    /// Checks the flags into a [`crate::relayout::Plan`].
+    pub fn plan(&self) -> Result<crate::relayout::Plan, String> {
+        use crate::relayout::{Plan, Source};
+        let cluster = Cluster::from_file(&self.cluster)?;
+        let old = match &self.old_cluster {
+            Some(f) => Some(Cluster::from_file(f)?),
+            None => None,
+        };
+        let mut sources = Vec::with_capacity(self.from.len());
+        for from in &self.from {
+            let source = match &old {
+                None if from.contains('=') && !std::path::Path::new(from).exists() => {
+                    return Err(format!(
+                        "--from {from} does not exist (NAME=DIR is for use with --old-cluster)"
+                    ))
+                }
+                None => Source {
+                    dir: PathBuf::from(from),
+                    old_instance: None,
+                },
+                Some(old) => {
+                    let Some((name, dir)) = from.split_once('=') else {
+                        return Err(format!(
+                            "--from {from}: with --old-cluster, give NAME=DIR (NAME: the old \
+                             instance whose --state-dir DIR is)"
+                        ));
+                    };
+                    let i = old.find(name).map_err(|e| format!("--from {from}: {e}"))?;
+                    if sources.iter().any(|s: &Source| s.old_instance == Some(i)) {
+                        return Err(format!("--from {from}: old instance {name} given twice"));
+                    }
+                    Source {
+                        dir: PathBuf::from(dir),
+                        old_instance: Some(i),
+                    }
+                }
+            };
+            if sources.iter().any(|s: &Source| s.dir == source.dir) {
+                return Err(format!(
+                    "--from {}: the same directory given twice",
+                    source.dir.display()
+                ));
+            }
+            sources.push(source);
+        }
+        if let Some(old) = old.as_ref().filter(|_| !self.partial) {
+            let missing: Vec<&str> = (0..old.instances.len())
+                .filter(|i| !sources.iter().any(|s| s.old_instance == Some(*i)))
+                .map(|i| old.instances[i].name.as_str())
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "no --from NAME=DIR for old instance(s) {}: their users would start \
+                     again; give their state directories (or --partial, if another run \
+                     reads them)",
+                    missing.join(", ")
+                ));
+            }
+        }
+        let mut only = Vec::new();
+        for name in &self.instance {
+            let i = cluster.find(name).map_err(|e| format!("--instance: {e}"))?;
+            if !only.contains(&i) {
+                only.push(i);
+            }
+        }
+        Ok(Plan {
+            cluster,
+            old,
+            sources,
+            out: self.out_dir.clone(),
+            only,
+        })
+    }
+
+    pub fn run(&self) -> Result<(), String> {
+        let report = crate::relayout::relayout(&self.plan()?)?;
+        println!("{report}");
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -253,15 +377,15 @@ pub struct ServeArgs {
     /// CPUs to run shards on, e.g. `0-3,8` [default: all available].
     #[arg(long)]
     pub cpus: Option<String>,
-    /// Feed file to serve instead of synthetic data: TSV
-    /// (`user<TAB>item,item,...`) or a snapshot of `shardfeed pack`, told
-    /// by content. A snapshot is mapped, not copied: replace it only by
-    /// renaming a new file over it, never by rewriting it in place.
+    /// Feed file to serve (TSV, Parquet or snapshot, told by content) instead
+    /// of synthetic data; read again on SIGHUP (rename a new file into place,
+    /// then signal: a snapshot is mapped, never rewrite it in place).
     #[arg(long)]
     pub feed: Option<PathBuf>,
     #[command(flatten)]
     pub synthetic: SyntheticArgs,
-    /// Fallback pool file: one item id per line, in preference order.
+    /// Fallback pool file: one item id per line, in preference order; read
+    /// again on SIGHUP.
     #[arg(long)]
     pub fallback: Option<PathBuf>,
     /// Without --fallback: the pool is this many most frequent items of the feeds.

@@ -9,9 +9,13 @@
 use ahash::AHashMap;
 
 use crate::counters::counters;
+use crate::cursor::{version_tag, Cursor};
 use crate::hash::mix64;
 use crate::mapped::MappedU32s;
 use crate::user_table::{Entry, UserTable};
+
+mod carry;
+pub use carry::Carried;
 
 /// Why a page request got no page: the one outcome type from the store to
 /// the wire. The store itself only ever says `NothingToServe`; `Overloaded`
@@ -36,6 +40,10 @@ pub enum Unserved {
 pub struct Page {
     pub items: Vec<u32>,
     pub outcome: Result<(), Unserved>,
+    /// The `Feed-Cursor` the answer carries: the place after this page
+    /// (see [`Store::page`]); `None`: no header (no page, or a
+    /// misdirected page asked without a cursor).
+    pub cursor: Option<Cursor>,
 }
 
 counters! {
@@ -52,6 +60,10 @@ counters! {
         exhausted_users: Counter,
         /// Page requests answered 503: nothing left to serve.
         nothing_to_serve: Counter,
+        /// Pages served from a cursor of the serving feed version (retries included).
+        cursor_pages: Counter,
+        /// Cursors of another feed version, served as without a cursor.
+        stale_cursors: Counter,
     }
 }
 
@@ -415,8 +427,8 @@ impl Store {
         user: u32,
         size: usize,
         page: &mut Vec<u32>,
-    ) -> Result<(), Unserved> {
-        self.page(user, size, page, true)
+    ) -> Result<Cursor, Unserved> {
+        self.page(user, size, None, page, true)
     }
 
     /// The page [`Store::next_page`] would serve now, without serving it:
@@ -426,31 +438,78 @@ impl Store {
         user: u32,
         size: usize,
         page: &mut Vec<u32>,
-    ) -> Result<(), Unserved> {
-        self.page(user, size, page, false)
+    ) -> Result<Cursor, Unserved> {
+        self.page(user, size, None, page, false)
     }
 
-    /// [`Store::next_page`] if `serve`, else [`Store::peek_page`].
+    /// The place the next page of `user` would start from: what a client
+    /// without a cursor is at (for tests and tools).
+    pub fn cursor(&self, user: u32) -> Cursor {
+        Cursor {
+            user,
+            version: version_tag(self.version),
+            position: self.users.get(user).map_or(0, |e| e.served),
+            pool: self.pool_cursor as u32,
+        }
+    }
+
+    /// Fills `page` (cleared first) with up to `size` items for `user` and
+    /// returns the place after it (the answer's `Feed-Cursor`).
+    ///
+    /// Without `at` (or with a cursor of another feed version, which is
+    /// ignored): the user's next unseen personalized items, then distinct
+    /// pool items from the pool's rotation; the user's progress moves to
+    /// the page's end and the rotation on.
+    ///
+    /// With a cursor of this version: the personalized items from its
+    /// position (clamped to the user's list: beyond it, fallback only), then
+    /// pool items from its pool offset. The result depends on the cursor
+    /// and the feed only, so a repeated request gets the same page. The
+    /// user's progress moves to the page's end if that is further (never
+    /// back: a pure retry changes nothing and reports nothing to the
+    /// journal); the shared rotation stays where it is.
+    ///
+    /// `serve == false` (`HEAD`): the same page and cursor, nothing moved
+    /// or counted.
     pub fn page(
         &mut self,
         user: u32,
         size: usize,
+        at: Option<Cursor>,
         page: &mut Vec<u32>,
         serve: bool,
-    ) -> Result<(), Unserved> {
+    ) -> Result<Cursor, Unserved> {
+        debug_assert!(at.is_none_or(|c| c.user == user), "a cursor of this user");
         page.clear();
+        // Keyed on the version alone: a reload's new store ignores old tokens.
+        let version = version_tag(self.version);
+        let at = match at {
+            Some(c) if c.version == version => Some(c),
+            Some(_) => {
+                self.counters.stale_cursors += serve as u64;
+                None
+            }
+            None => None,
+        };
         let (mut unknown, mut exhausted_now) = (false, false);
+        let mut position = 0;
         match self.users.get_mut(user) {
             Some(e) => {
-                let unserved = e.unserved();
-                let take = size.min(unserved.len());
-                page.extend_from_slice(&self.items[unserved.start..unserved.start + take]);
-                if serve && take > 0 {
+                let from = at.map_or(e.served, |c| c.position.min(e.len));
+                let take = size.min((e.len - from) as usize);
+                let first = e.start as usize + from as usize;
+                page.extend_from_slice(&self.items[first..first + take]);
+                position = from + take as u32;
+                if serve && position > e.served {
                     if self.journaled {
-                        e.prefix = prefix_hash(e.prefix, e.served, page);
+                        // The items between the old progress and the new
+                        // one: the page itself unless a cursor jumped ahead.
+                        let s = e.start as usize;
+                        let newly = &self.items[s + e.served as usize..s + position as usize];
+                        e.prefix = prefix_hash(e.prefix, e.served, newly);
                     }
-                    e.served += take as u32;
-                    exhausted_now = take == unserved.len();
+                    e.served = position;
+                    exhausted_now = position == e.len;
                     if self.journaled {
                         self.advanced = Some(Progress {
                             user,
@@ -463,47 +522,82 @@ impl Store {
             None => unknown = true,
         }
         let personalized = page.len();
-        let fallback = if page.len() < size {
-            self.top_up(page, size, serve)
+        let pool_from = match at {
+            // Any offset is a place in the pool: a token is not trusted to
+            // be below its size.
+            Some(c) if !self.pool.items.is_empty() => c.pool as usize % self.pool.items.len(),
+            Some(_) => 0,
+            None => self.pool_cursor,
+        };
+        let (fallback, pool_end) = if page.len() < size {
+            self.top_up(page, size, pool_from)
         } else {
-            0
+            (0, pool_from)
+        };
+        let next = Cursor {
+            user,
+            version,
+            position,
+            pool: pool_end as u32,
         };
         if !serve {
             return if page.is_empty() {
                 Err(Unserved::NothingToServe)
             } else {
-                Ok(())
+                Ok(next)
             };
+        }
+        if at.is_none() {
+            self.pool_cursor = pool_end;
         }
         let c = &mut self.counters;
         c.unknown_users += unknown as u64;
         c.exhausted_users += exhausted_now as u64;
+        c.cursor_pages += at.is_some() as u64;
         if page.is_empty() {
             c.nothing_to_serve += 1;
             return Err(Unserved::NothingToServe);
         }
         c.personalized_items += personalized as u64;
         c.fallback_items += fallback as u64;
-        Ok(())
+        Ok(next)
     }
 
     /// Fills `page` with up to `size` fallback items only, for a user this
     /// store does not own (a misdirected request): no user's progress
-    /// changes. Rotates the pool and counts only if `serve`.
-    pub fn fallback_page(&mut self, size: usize, page: &mut Vec<u32>, serve: bool) {
+    /// changes. From `at`'s pool offset if given (the same items for a
+    /// repeated request, the rotation left alone), else from the rotation,
+    /// which moves on only if `serve`; counts only if `serve`.
+    pub fn fallback_page(
+        &mut self,
+        size: usize,
+        at: Option<Cursor>,
+        page: &mut Vec<u32>,
+        serve: bool,
+    ) {
         page.clear();
-        let added = self.top_up(page, size, serve);
+        let n = self.pool.items.len();
+        let from = match at {
+            Some(c) if n > 0 => c.pool as usize % n,
+            Some(_) => 0,
+            None => self.pool_cursor,
+        };
+        let (added, end) = self.top_up(page, size, from);
         if serve {
+            if at.is_none() {
+                self.pool_cursor = end;
+            }
             self.counters.fallback_items += added as u64;
         }
     }
 
-    /// Fills `page` up to `size` from the pool, skipping items already on it.
-    /// Returns how many items were added. Rotates the pool only if `serve`.
-    fn top_up(&mut self, page: &mut Vec<u32>, size: usize, serve: bool) -> usize {
+    /// Fills `page` up to `size` from the pool, starting at pool position
+    /// `from`, skipping items already on it. Returns how many items were
+    /// added and the pool position after the last one looked at.
+    fn top_up(&mut self, page: &mut Vec<u32>, size: usize, from: usize) -> (usize, usize) {
         let n = self.pool.items.len();
         if n == 0 {
-            return 0;
+            return (0, 0);
         }
         let words = n.div_ceil(64);
         self.on_page.clear();
@@ -514,7 +608,7 @@ impl Store {
             }
         }
         let before = page.len();
-        let mut pos = self.pool_cursor;
+        let mut pos = from;
         for _ in 0..n {
             if page.len() == size {
                 break;
@@ -527,10 +621,7 @@ impl Store {
                 pos = 0;
             }
         }
-        if serve {
-            self.pool_cursor = pos;
-        }
-        page.len() - before
+        (page.len() - before, pos)
     }
 }
 
@@ -735,5 +826,151 @@ mod tests {
         assert_eq!(all[42].served, 2);
         assert_eq!(all[41].served, 0);
         assert_eq!(all[41].prefix, EMPTY_PREFIX);
+    }
+
+    fn at(s: &Store, user: u32, position: u32, pool: u32) -> Option<Cursor> {
+        Some(Cursor {
+            position,
+            pool,
+            ..s.cursor(user)
+        })
+    }
+
+    #[test]
+    fn a_cursor_serves_the_page_at_its_place_and_a_retry_the_same() {
+        let mut s = store(&[(1, &[10, 20, 30, 40, 50])], &[20, 60, 70, 80]);
+        let mut page = Vec::new();
+        let first = s.next_page(1, 2, &mut page).unwrap();
+        assert_eq!(page, [10, 20]);
+        assert_eq!((first.position, first.pool), (2, 0), "no fallback yet");
+        // The page after `first`, then the same request again.
+        let second = s.page(1, 4, Some(first), &mut page, true).unwrap();
+        assert_eq!(page, [30, 40, 50, 20], "20 of the pool is not on this page");
+        assert_eq!((second.position, second.pool), (5, 1));
+        assert_eq!(s.progress(1).unwrap().served, 5);
+        // Other users' pages rotate the pool meanwhile.
+        s.next_page(99, 3, &mut page).unwrap();
+        let again = s.page(1, 4, Some(first), &mut page, true).unwrap();
+        assert_eq!(page, [30, 40, 50, 20], "the same page, fallback included");
+        assert_eq!(again, second, "and the same cursor");
+        assert_eq!(s.progress(1).unwrap().served, 5, "never backwards");
+        // Beyond the list: fallback only, walking the pool from the cursor.
+        let third = s.page(1, 2, Some(second), &mut page, true).unwrap();
+        assert_eq!(page, [60, 70]);
+        assert_eq!((third.position, third.pool), (5, 3));
+        s.page(1, 2, Some(third), &mut page, true).unwrap();
+        assert_eq!(page, [80, 20]);
+        let far = s.page(1, 2, at(&s, 1, 1000, 6), &mut page, true).unwrap();
+        assert_eq!(
+            page,
+            [70, 80],
+            "a position past the end is the end; offset 6 % 4"
+        );
+        assert_eq!(far.position, 5);
+        assert_eq!(s.counters().cursor_pages, 5);
+    }
+
+    #[test]
+    fn a_cursor_moves_progress_to_its_end_if_further() {
+        let mut s = store(&[(1, &[1, 2, 3, 4, 5, 6])], &[9]);
+        let mut page = Vec::new();
+        // A position ahead of the progress (the server forgot, the client
+        // did not): served from there, progress jumps to the page's end.
+        s.page(1, 2, at(&s, 1, 3, 0), &mut page, true).unwrap();
+        assert_eq!(page, [4, 5]);
+        assert_eq!(s.remaining(1).unwrap(), &[6]);
+        // Behind it: the old items again, progress stays.
+        s.page(1, 2, at(&s, 1, 0, 0), &mut page, true).unwrap();
+        assert_eq!(page, [1, 2]);
+        assert_eq!(s.remaining(1).unwrap(), &[6]);
+        // Overlapping it: moves to the end of this page.
+        s.page(1, 3, at(&s, 1, 4, 0), &mut page, true).unwrap();
+        assert_eq!(page, [5, 6, 9]);
+        assert_eq!(s.remaining(1).unwrap(), &[] as &[u32]);
+        assert_eq!(s.counters().exhausted_users, 1);
+    }
+
+    #[test]
+    fn a_cursor_of_another_version_is_ignored() {
+        let mut s = store(&[(1, &[1, 2, 3, 4])], &[9]);
+        s.set_version(7);
+        let mut page = Vec::new();
+        let old = Cursor {
+            version: crate::cursor::version_tag(6),
+            ..s.cursor(1)
+        };
+        let next = s.page(1, 2, Some(Cursor { position: 2, ..old }), &mut page, true);
+        assert_eq!(page, [1, 2], "served as without a cursor");
+        assert_eq!(next.unwrap().version, crate::cursor::version_tag(7));
+        assert_eq!(s.counters().stale_cursors, 1);
+        assert_eq!(s.counters().cursor_pages, 0);
+    }
+
+    #[test]
+    fn a_peek_at_a_cursor_shows_its_page_and_cursor() {
+        let mut s = store(&[(1, &[1, 2, 3])], &[7, 8, 9]);
+        let mut page = Vec::new();
+        let c = at(&s, 1, 2, 1);
+        let before = s.counters();
+        let peeked = s.page(1, 3, c, &mut page, false).unwrap();
+        assert_eq!(page, [3, 8, 9]);
+        assert_eq!(s.counters(), before);
+        assert_eq!(s.progress(1).unwrap().served, 0, "nothing served");
+        let served = s.page(1, 3, c, &mut page, true).unwrap();
+        assert_eq!((page.as_slice(), served), (&[3, 8, 9][..], peeked));
+        // An unknown user: fallback from the cursor's offset, position 0.
+        let c = at(&s, 5, 0, 2);
+        let unknown = s.page(5, 2, c, &mut page, true).unwrap();
+        assert_eq!(page, [9, 7]);
+        assert_eq!((unknown.position, unknown.pool), (0, 1));
+        s.page(5, 2, c, &mut page, true).unwrap();
+        assert_eq!(page, [9, 7]);
+    }
+
+    #[test]
+    fn a_cursor_advance_is_journaled_and_a_retry_is_not() {
+        let mut s = store(&[(1, &[10, 20, 30, 40, 50])], &[99]);
+        s.journal_progress();
+        let mut page = Vec::new();
+        let c = s.next_page(1, 2, &mut page).unwrap();
+        s.take_advanced();
+        let end = s.page(1, 2, Some(c), &mut page, true).unwrap();
+        let p = s.take_advanced().expect("an advance is recorded");
+        assert_eq!(
+            (p.served, p.prefix),
+            (4, prefix_hash(EMPTY_PREFIX, 0, &[10, 20, 30, 40]))
+        );
+        s.page(1, 2, Some(c), &mut page, true).unwrap();
+        assert_eq!(s.take_advanced(), None, "a pure retry records nothing");
+        // A jump ahead hashes every item up to the new progress.
+        s.page(1, 1, at(&s, 1, 4, 0), &mut page, true).unwrap();
+        assert_eq!(page, [50]);
+        assert_eq!(
+            s.take_advanced().unwrap().prefix,
+            prefix_hash(EMPTY_PREFIX, 0, &[10, 20, 30, 40, 50])
+        );
+        let mut fresh = store(&[(1, &[10, 20, 30, 40, 50])], &[99]);
+        fresh.journal_progress();
+        fresh
+            .page(1, 1, Some(Cursor { position: 4, ..end }), &mut page, true)
+            .unwrap();
+        assert_eq!(
+            fresh.take_advanced().unwrap().prefix,
+            prefix_hash(EMPTY_PREFIX, 0, &[10, 20, 30, 40, 50]),
+            "the same hash whichever way the progress got there"
+        );
+    }
+
+    #[test]
+    fn a_misdirected_page_with_a_cursor_repeats_and_leaves_the_rotation() {
+        let mut s = store(&[], &[1, 2, 3, 4, 5]);
+        let mut page = Vec::new();
+        let c = at(&s, 8, 0, 3);
+        s.fallback_page(2, c, &mut page, true);
+        assert_eq!(page, [4, 5]);
+        s.fallback_page(2, c, &mut page, true);
+        assert_eq!(page, [4, 5]);
+        s.fallback_page(2, None, &mut page, true);
+        assert_eq!(page, [1, 2], "the rotation did not move for cursors");
     }
 }

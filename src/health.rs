@@ -14,7 +14,7 @@
 //! lock, to read its reasons.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -50,6 +50,10 @@ struct Inner {
     any_degraded: AtomicBool,
     degraded: Mutex<Vec<(&'static str, String)>>,
     started: SystemTime,
+    /// Reloads (`SIGHUP`) that went through, and that failed (the old
+    /// version kept serving).
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 impl std::fmt::Debug for Health {
@@ -72,6 +76,8 @@ impl Health {
             any_degraded: AtomicBool::new(false),
             degraded: Mutex::new(Vec::new()),
             started: SystemTime::now(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
         }))
     }
 
@@ -80,6 +86,24 @@ impl Health {
         let h = Health::new();
         h.set_phase(Phase::Serving);
         h
+    }
+
+    /// Counts a reload's result (`shardfeed_reloads_total`).
+    pub fn count_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.0.reloads_ok
+        } else {
+            &self.0.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads so far: `(ok, failed)`.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.0.reloads_ok.load(Ordering::Relaxed),
+            self.0.reloads_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// When the process started (for `process_start_time_seconds`).

@@ -13,6 +13,8 @@
 //!   value on the hot path; its status and message are produced only when it
 //!   is encoded.
 
+use crate::cursor::Cursor;
+
 mod decode;
 mod encode;
 mod error;
@@ -116,6 +118,9 @@ pub enum Action {
     Feed {
         user: u32,
         size: u16,
+        /// `?cursor=TOKEN`, checked against `user` (not yet against the
+        /// feed version: only the owner's store knows that).
+        cursor: Option<Cursor>,
     },
     Health,
     /// `/stats`: JSON latency and counters of every shard.

@@ -17,9 +17,9 @@
 //!
 //! A local page runs through those five modules (six files: `http` decodes
 //! in one and encodes in another), calling only leaf helpers besides
-//! ([`decimal`], [`hash`], [`user_table`], [`metrics`]); a forwarded page
-//! adds the forwarding parts of [`shard`] (`shard/tickets.rs` on the
-//! origin) and nothing else.
+//! ([`decimal`], [`hash`], [`cursor`], [`user_table`], [`metrics`]); a
+//! forwarded page adds the forwarding parts of [`shard`]
+//! (`shard/tickets.rs` on the origin) and nothing else.
 //!
 //! Around the path:
 //! - [`server`]: start-up (bind, load, one executor per shard), supervision,
@@ -45,12 +45,17 @@
 //! - [`cluster`]: the cluster file (`serve --cluster`) and the one
 //!   ownership function over all (instance, shard) pairs, the same as the
 //!   generated nginx front's; [`nginx`]: that front (`nginx-conf`).
-//!   `server/ports.rs` binds each shard's own port.
+//!   `server/ports.rs` binds each shard's own port. [`relayout`]: the
+//!   old instances' state directories rewritten for a new cluster file
+//!   (`shardfeed relayout`), through the journal's recovery and
+//!   `journal/seed.rs`.
 //! - [`host`]: checks of the host (io_uring, `ulimit -l`, CPUs); [`cli`]:
 //!   the command line.
 //! - [`counters`]: the macro that declares a counter struct once (fields,
 //!   merging, the table `/stats` and `/metrics` render from).
 //! - [`decimal`], [`hash`]: the one decimal parser and the one mixer.
+//! - [`cursor`]: the `Feed-Cursor` token of retry-safe pages (its format
+//!   only; the store decides what a cursor serves).
 //! - [`uring`]: **the process's io_uring setup is intercepted.** `build.rs`
 //!   links the binary, tests and benches with
 //!   `-Wl,--wrap=__sys_io_uring_setup`, so every ring glommio's bundled
@@ -71,6 +76,7 @@ pub mod cli;
 pub mod cluster;
 pub mod conn;
 pub mod counters;
+pub mod cursor;
 pub mod decimal;
 pub mod feed;
 pub mod hash;
@@ -84,6 +90,7 @@ pub mod log;
 pub mod mapped;
 pub mod metrics;
 pub mod nginx;
+pub mod relayout;
 pub mod server;
 pub mod session;
 pub mod shard;

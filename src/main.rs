@@ -10,6 +10,7 @@ fn main() {
         Command::Latency(args) => args.run(),
         Command::NginxConf(args) => args.run(),
         Command::Owner(args) => args.run(),
+        Command::Relayout(args) => args.run(),
     };
     if let Err(message) = result {
         eprintln!("shardfeed: error: {message}");

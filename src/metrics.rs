@@ -351,6 +351,8 @@ pub struct Process {
     pub serving: bool,
     pub degraded: Vec<&'static str>,
     pub resident_bytes: Option<u64>,
+    /// Reloads (`SIGHUP`): `(ok, failed)`.
+    pub reloads: (u64, u64),
 }
 
 impl Process {
@@ -361,6 +363,7 @@ impl Process {
             serving: health.phase() == Phase::Serving && health.degraded().is_empty(),
             degraded: health.degraded().into_iter().map(|(s, _)| s).collect(),
             resident_bytes: resident_bytes(),
+            reloads: health.reloads(),
         }
     }
 }
@@ -434,6 +437,11 @@ fn prometheus_process(out: &mut String, p: &Process) {
     for source in &p.degraded {
         let _ = writeln!(out, "shardfeed_degraded{{source=\"{source}\"}} 1");
     }
+    let help = "Feed reloads (SIGHUP) by result: ok (the new version serves), failed (the old one still does).";
+    family(out, "reloads_total", help, "counter");
+    let (ok, failed) = p.reloads;
+    let _ = writeln!(out, "shardfeed_reloads_total{{result=\"ok\"}} {ok}");
+    let _ = writeln!(out, "shardfeed_reloads_total{{result=\"failed\"}} {failed}");
     let start = p.start_time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let _ = writeln!(
         out,
@@ -725,6 +733,7 @@ mod tests {
             serving: false,
             degraded: vec!["journal"],
             resident_bytes: Some(4096),
+            reloads: (2, 1),
         }
     }
 

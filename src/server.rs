@@ -27,6 +27,7 @@
 mod listen;
 mod loading;
 mod ports;
+mod reload;
 mod state;
 mod status;
 
@@ -54,6 +55,7 @@ use crate::shard::{self, Shard, ShardId, ShardParts};
 use crate::uring;
 use crate::watchdog::Registry;
 pub use listen::{bind, Listeners};
+pub use reload::ReloadHandle;
 pub use state::StateConfig;
 
 /// Memory each executor registers with its io_uring rings (x3 rings). A
@@ -135,6 +137,7 @@ pub struct Running {
     shards: usize,
     events: mpsc::Receiver<Event>,
     handle: StopHandle,
+    reload: ReloadHandle,
     stop: Arc<AtomicBool>,
     histogram_log: Option<HistogramLog>,
     log_interval: bool,
@@ -155,8 +158,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         crate::log_line!("warning: {warning}");
     }
     // Before any thread starts, so that every thread inherits the mask and
-    // only the signal thread receives SIGINT and SIGTERM.
-    let signals = listen::block_stop_signals()?;
+    // only the signal thread receives SIGINT, SIGTERM and SIGHUP.
+    let signals = listen::block_signals()?;
     let listeners = bind(config.listen, shards)?;
     let admin = config.admin_listen.map(|a| bind(a, shards)).transpose()?;
     match &admin {
@@ -195,21 +198,31 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             let _ = tx.send(Supervise::Started(Box::new(started)));
         })
         .map_err(|e| format!("cannot start the loader: {e}"))?;
-    let running = match rx.recv() {
-        Ok(Supervise::Started(started)) => (*started)?,
-        Ok(Supervise::Signal(sig)) => {
-            // Nothing was served, nothing is to be persisted: returning
-            // ends the process and its loaders.
-            crate::log_line!("signal {sig} while loading: stopped");
-            return Ok(());
+    let running = loop {
+        match rx.recv() {
+            Ok(Supervise::Started(started)) => break (*started)?,
+            Ok(Supervise::Signal(libc::SIGHUP)) => {
+                crate::log_line!(
+                    "SIGHUP while loading: ignored (the load under way reads the files)"
+                );
+            }
+            Ok(Supervise::Signal(sig)) => {
+                // Nothing was served, nothing is to be persisted: returning
+                // ends the process and its loaders.
+                crate::log_line!("signal {sig} while loading: stopped");
+                return Ok(());
+            }
+            Err(_) => return Err("the loader stopped without a word".into()),
         }
-        Err(_) => return Err("the loader stopped without a word".into()),
     };
     let handle = running.stop_handle();
+    let reload = running.reload_handle();
     std::thread::spawn(move || {
         for message in rx {
-            if let Supervise::Signal(sig) = message {
-                handle.stop(&format!("signal {sig}"));
+            match message {
+                Supervise::Signal(libc::SIGHUP) => reload.reload(),
+                Supervise::Signal(sig) => handle.stop(&format!("signal {sig}")),
+                Supervise::Started(_) => {}
             }
         }
     });
@@ -286,6 +299,7 @@ fn launch(
     let (events_tx, events) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let links = shard::make_links(shards);
+    let mailboxes: Vec<Arc<reload::Mailbox>> = (0..shards).map(|_| Arc::default()).collect();
     let parts = stores
         .into_iter()
         .zip(state.plans)
@@ -314,11 +328,22 @@ fn launch(
             jwt: jwt.clone(),
             admin: admin_sockets.as_mut().and_then(Iterator::next),
             own_port: own_ports.next().flatten(),
+            mailbox: mailboxes[i].clone(),
         };
         start_shard(parts, listener, life)?;
     }
+    let reload = reload::Reloader {
+        feeds: config.feeds.clone(),
+        cpus: config.cpus.clone(),
+        pin: config.pin,
+        ownership,
+        health: health.clone(),
+        mailboxes,
+    }
+    .start()?;
     let running = Running {
         addr: listeners.addr,
+        reload,
         admin_addr,
         health,
         drain: config.drain,
@@ -382,6 +407,11 @@ fn start_shard(
 impl Running {
     pub fn stop_handle(&self) -> StopHandle {
         self.handle.clone()
+    }
+
+    /// Reloads the feeds, as `SIGHUP` does.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     /// The process's health: components report problems there
@@ -508,6 +538,8 @@ struct ShardLife {
     admin: Option<std::net::TcpListener>,
     /// This shard's own port (`--cluster`), served like the public one.
     own_port: Option<std::net::TcpListener>,
+    /// Where this shard finds a reloaded version.
+    mailbox: Arc<reload::Mailbox>,
 }
 
 impl ShardLife {
@@ -517,6 +549,11 @@ impl ShardLife {
         spawn_local(sweep_deadlines(shard.connections.clone())).detach();
         spawn_local(watch_stop_flag(shard.clone(), self.stop.clone())).detach();
         spawn_local(refresh_date()).detach();
+        spawn_local(reload::take_new_versions(
+            shard.clone(),
+            self.mailbox.clone(),
+        ))
+        .detach();
         if shard.journal().is_some() {
             spawn_local(report_journal(shard.clone(), self.health.clone())).detach();
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{Refusal, TokenCache, Verifier};
+use crate::cursor::Cursor;
 use crate::feed::{Page, Unserved};
 use crate::health::Health;
 use crate::http::{self, Action, Decoded, Framing, HttpDate, HttpError, Limits, Persist, Request};
@@ -30,6 +31,9 @@ pub struct PageAsk {
     pub size: u16,
     /// Look, do not serve (`HEAD`): no progress changes.
     pub peek: bool,
+    /// `?cursor=`: the page at this place (a retry-safe page). Travels by
+    /// value with a forwarded request: no allocation.
+    pub cursor: Option<Cursor>,
 }
 
 /// A page that is ready, or on its way from the user's owner.
@@ -338,11 +342,12 @@ impl<B: Backend> Session<B> {
         let ok = Class::Success;
         let other = Route::Other;
         match req.action {
-            Action::Feed { user, size } => {
+            Action::Feed { user, size, cursor } => {
                 let ask = PageAsk {
                     user,
                     size,
                     peek: req.head,
+                    cursor,
                 };
                 match self.backend.page(ask, now) {
                     Pending::Ready(page) => self.encode_page(Route::Local, page, f),
@@ -365,9 +370,10 @@ impl<B: Backend> Session<B> {
     /// Encodes a page (or why there is none) and gives its buffer back: the
     /// one place where page buffers leave a connection.
     fn encode_page(&mut self, route: Route, page: Page, f: Framing) {
+        let cursor = page.cursor.as_ref();
         match page.outcome {
             Ok(()) => self.encode(route, Class::Success, |out, date| {
-                http::encode_page(out, date, f, &page.items)
+                http::encode_page(out, date, f, &page.items, cursor)
             }),
             // Nothing for this user (feed used up, no pool): not an error
             // of the server, which load balancers would read in a 5xx.
@@ -377,7 +383,7 @@ impl<B: Backend> Session<B> {
             Err(Unserved::Overloaded) => self.encode_error(route, HttpError::Overloaded, f),
             // Another instance owns the user: fallback items, said so.
             Err(Unserved::NotOwner) => self.encode(route, Class::Success, |out, date| {
-                http::encode_degraded_page(out, date, f, &page.items, "not-owner")
+                http::encode_degraded_page(out, date, f, &page.items, cursor, "not-owner")
             }),
         }
         self.backend.recycle(page.items);
@@ -632,6 +638,49 @@ mod tests {
             head_len(&got[4]),
             "HEAD announces the GET's length"
         );
+    }
+
+    fn feed_cursor<'a>(a: &crate::testing::Answer<'a>) -> &'a str {
+        a.head
+            .lines()
+            .find_map(|l| l.strip_prefix("Feed-Cursor: "))
+            .expect("a Feed-Cursor")
+    }
+
+    #[test]
+    fn pipelined_retries_at_a_cursor_get_the_same_answer() {
+        let mut s = answers(128);
+        // The pool's rotation is shared: user 2's pages moved it on by one.
+        for (user, pool) in [(2, [9000, 9001]), (3, [9001, 9000])] {
+            // 3 is odd: answered through the forwarded path.
+            let first = run_offline(&mut s, [get(&format!("/feed/{user}?size=18")).as_bytes()]);
+            let token = feed_cursor(&first.answers().unwrap()[0]).to_string();
+            let at = format!("/feed/{user}?size=4&cursor={token}");
+            let raw = get(&at).repeat(2)
+                + &format!("HEAD {at} HTTP/1.1\r\nHost: t\r\n\r\n")
+                + &get(&format!("/feed/{user}?size=1"))
+                + &get(&at);
+            let done = run_offline(&mut s, [raw.as_bytes()]);
+            let got = done.answers().unwrap();
+            let base = user * 100;
+            let page = format!("[{},{},{},{}]", base + 18, base + 19, pool[0], pool[1]);
+            let next = format!("[{}]", pool[0]);
+            assert_eq!(bodies(&done), [&page, &page, "", &next, &page]);
+            let cursors: Vec<&str> = got.iter().map(feed_cursor).collect();
+            assert_eq!(cursors[0], cursors[1]);
+            assert_eq!(cursors[0], cursors[2], "HEAD carries the GET's cursor");
+            assert_eq!(cursors[0], cursors[4]);
+            assert_ne!(cursors[0], token);
+            // Not strictly equal heads: the Date may have ticked.
+            let no_date = |head: &str| -> String {
+                head.lines().filter(|l| !l.starts_with("Date:")).collect()
+            };
+            assert_eq!(no_date(got[0].head), no_date(got[4].head), "byte for byte");
+        }
+        let raw = get("/feed/2?cursor=nope") + &get("/feed/2?size=1");
+        let done = run_offline(&mut s, [raw.as_bytes()]);
+        assert_eq!(statuses(&done), [422, 200]);
+        assert!(bodies(&done)[0].contains("cursor must be a Feed-Cursor"));
     }
 
     #[test]

@@ -21,9 +21,10 @@
 
 mod control;
 mod mesh;
+mod succession;
 mod tickets;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -161,6 +162,12 @@ pub struct Shard {
     ownership: Ownership,
     /// Only this shard's users; only this shard's tasks touch it.
     store: RefCell<Store>,
+    /// The version `store` replaces, while its users' progress is carried
+    /// over (a reload).
+    succession: RefCell<Option<succession::Succession>>,
+    /// Counts the stores this shard has served: a walk over the store
+    /// between awaits (a checkpoint) sees whether it changed under it.
+    generation: Cell<u64>,
     /// `peers[p]`: request channel to shard p (`None` for ourselves).
     peers: Vec<Option<ConnectedSender<PageRequest>>>,
     tickets: RefCell<Tickets>,
@@ -236,7 +243,11 @@ impl Shard {
         );
         let size = ask.size as usize;
         let mut store = self.store.borrow_mut();
-        let outcome = store.page(ask.user, size, &mut items, !ask.peek);
+        self.carry_first(&mut store, ask.user);
+        let served = store.page(ask.user, size, ask.cursor, &mut items, !ask.peek);
+        // A cursor's page that moved the user on is journaled like any
+        // other; a pure retry (progress already past its end) reports
+        // nothing, so it has no record to wait for.
         let advanced = store.take_advanced();
         let lsn = match (advanced, &self.journal) {
             (Some(p), Some(journal)) => Some(journal.append(journal::Progress {
@@ -247,21 +258,31 @@ impl Shard {
             })),
             _ => None,
         };
-        (Page { items, outcome }, lsn)
+        let page = Page {
+            items,
+            outcome: served.map(|_| ()),
+            cursor: served.ok(),
+        };
+        (page, lsn)
     }
 
     /// A user of another instance: fallback items only, no progress
     /// changes anywhere, counted; answered with `Shardfeed-Degraded:
     /// not-owner`. Not cold: while an instance is down, the front sends its
-    /// users here.
+    /// users here. A request's cursor comes back unchanged (the user is
+    /// still where it says, and continues there once the owner is back),
+    /// and its pool offset makes a repeated request's items the same;
+    /// without one the answer has no cursor: this instance does not know
+    /// where the user is.
     fn misdirected(&self, ask: PageAsk) -> Page {
         let mut items = self.take_buffer();
         self.metrics.borrow_mut().counters.misdirected += 1;
         let mut store = self.store.borrow_mut();
-        store.fallback_page(ask.size as usize, &mut items, !ask.peek);
+        store.fallback_page(ask.size as usize, ask.cursor, &mut items, !ask.peek);
         Page {
             items,
             outcome: Err(Unserved::NotOwner),
+            cursor: ask.cursor,
         }
     }
 
@@ -272,6 +293,7 @@ impl Shard {
         Page {
             items,
             outcome: Err(Unserved::Overloaded),
+            cursor: None,
         }
     }
 
@@ -409,6 +431,8 @@ pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
         id: parts.id,
         ownership: Ownership::new(parts.shards, parts.cluster),
         store: RefCell::new(parts.store),
+        succession: RefCell::new(None),
+        generation: Cell::new(0),
         peers: pages.requests_to,
         tickets: RefCell::new(Tickets::new(parts.max_in_flight)),
         free_pages: RefCell::new(Vec::new()),
@@ -543,13 +567,23 @@ async fn checkpoints(shard: Rc<Shard>) {
         if shard.stopping() {
             return;
         }
-        if !journal.checkpoint_due() {
+        // While a reload carries progress over, the store holds only part
+        // of it: wait until it holds all.
+        if !journal.checkpoint_due() || shard.succeeding() {
             continue;
         }
         let mut checkpoint = journal.checkpoint();
+        let generation = shard.generation.get();
         let mut from = Some(0);
         let mut result = Ok(());
         while let (Some(at), Ok(())) = (from, &result) {
+            if shard.generation.get() != generation {
+                // A reload swapped the store mid-walk: what was copied
+                // mixes two stores. Dropped unfinished, the checkpoint
+                // leaves a `.tmp` file the next start removes; the next
+                // one is due at once.
+                break;
+            }
             progress.clear();
             let version = {
                 let store = shard.store.borrow();
@@ -564,7 +598,11 @@ async fn checkpoints(shard: Rc<Shard>) {
                 prefix: p.prefix as u64,
             }));
             result = checkpoint.add(&chunk).await;
-            glommio::yield_if_needed().await;
+            // Not `yield_if_needed`: see `succession::BETWEEN_CHUNKS`.
+            glommio::timer::sleep(succession::BETWEEN_CHUNKS).await;
+        }
+        if shard.generation.get() != generation {
+            continue;
         }
         let finished = match result {
             Ok(()) => checkpoint.finish().await,

@@ -35,8 +35,13 @@ impl Backend for LocalBackend {
     fn page(&self, ask: PageAsk, _now: Instant) -> Pending<Self::Forwarded> {
         let mut items = Vec::new();
         let size = ask.size as usize;
-        let outcome = (self.store.borrow_mut()).page(ask.user, size, &mut items, !ask.peek);
-        let page = Page { items, outcome };
+        let served =
+            (self.store.borrow_mut()).page(ask.user, size, ask.cursor, &mut items, !ask.peek);
+        let page = Page {
+            items,
+            outcome: served.map(|_| ()),
+            cursor: served.ok(),
+        };
         if ask.user % 2 == 1 {
             Pending::Forwarded(std::future::ready(page))
         } else {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shardfeed::cluster::Cluster;
+use shardfeed::cursor::{version_tag, Cursor};
 use shardfeed::nginx;
 
 /// The nginx binary, or `None` (the test is then skipped loudly).
@@ -170,6 +171,58 @@ fn start_instance(cluster: &Path, name: &str, feeds: &Path, pool: &Path, state: 
     ]);
     s.listening();
     s
+}
+
+/// A page for another instance's user (its owner down, say) echoes the
+/// request's cursor, so that the client continues where it was once the
+/// owner is back, and repeats its fallback items for a repeated request;
+/// without a cursor it carries none (this instance does not know where the
+/// user is). No nginx needed: the client goes to the instance directly.
+#[test]
+fn a_misdirected_page_echoes_the_cursor() {
+    let dir = TempDir::new("cluster-cursor");
+    let (feeds, pool) = known_files(&dir);
+    let (pa, pb) = (free_ports(2), free_ports(2));
+    let text = format!("a 127.0.0.1:{pa} 2\nb 127.0.0.1:{pb} 2\n");
+    let file = dir.file("cluster.txt", &text);
+    let cluster = Cluster::parse(&text).unwrap();
+    let mut a = start_instance(&file, "a", &feeds, &pool, &dir.0.join("state"));
+    let addr: SocketAddr = format!("127.0.0.1:{pa}").parse().unwrap();
+    let mine = (1..=USERS)
+        .find(|&u| cluster.owner(u).instance == 0)
+        .unwrap();
+    let theirs = (1..=USERS)
+        .find(|&u| cluster.owner(u).instance == 1)
+        .unwrap();
+    let mut c = Client::connect(addr);
+    let r = c.get(&format!("/feed/{theirs}?size=3"));
+    assert_eq!(r.header("Shardfeed-Degraded"), Some("not-owner"));
+    assert_eq!(r.header("Feed-Cursor"), None);
+    // The token the owner (instance b, same feed) would have given.
+    let stats = c.get("/stats").body;
+    let version = stats.split("\"version\":\"").nth(1).unwrap();
+    let version = u64::from_str_radix(&version[..16], 16).unwrap();
+    let held = Cursor {
+        user: theirs,
+        version: version_tag(version),
+        position: 7,
+        pool: 5,
+    };
+    let token = String::from_utf8(held.token().to_vec()).unwrap();
+    let at = format!("/feed/{theirs}?size=3&cursor={token}");
+    let first = c.get(&at);
+    assert_eq!(first.header("Shardfeed-Degraded"), Some("not-owner"));
+    assert_eq!(first.header("Feed-Cursor"), Some(token.as_str()), "echoed");
+    assert_eq!(first.items(), POOL[5..8], "from the cursor's pool offset");
+    for _ in 0..3 {
+        c.get(&format!("/feed/{theirs}?size=5"));
+        assert_eq!(c.get(&at).items(), first.items(), "the same items again");
+    }
+    // The cursor is checked against its user here too.
+    let r = c.get(&format!("/feed/{mine}?size=3&cursor={token}"));
+    assert_eq!(r.status, 422);
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(20)).0.success());
 }
 
 /// SPEC "Beyond one machine", on loopback: two instances x two shards

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
+use shardfeed::cursor::Cursor;
 use shardfeed::feed::{Pool, StoreBuilder, Unserved};
 use shardfeed::http::Limits;
 use shardfeed::session::Session;
@@ -20,25 +21,39 @@ struct Model {
 }
 
 impl Model {
-    fn next_page(&mut self, user: u32, size: usize) -> Vec<u32> {
+    /// The page for `user`, from `at` (position, pool offset) if given,
+    /// and the (position, pool offset) after it.
+    fn page(&mut self, user: u32, size: usize, at: Option<(u32, u32)>) -> (Vec<u32>, u32, u32) {
         let mut page = Vec::new();
+        let mut position = 0;
         if let Some(items) = self.feeds.get(&user) {
             let served = self.served.entry(user).or_insert(0);
-            let take = size.min(items.len() - *served);
-            page.extend_from_slice(&items[*served..*served + take]);
-            *served += take;
+            let from = at.map_or(*served, |(p, _)| (p as usize).min(items.len()));
+            let take = size.min(items.len() - from);
+            page.extend_from_slice(&items[from..from + take]);
+            position = from + take;
+            // Never backwards.
+            *served = (*served).max(position);
         }
         let n = self.pool.len();
+        let mut at_pool = match at {
+            Some((_, pool)) if n > 0 => pool as usize % n,
+            Some(_) => 0,
+            None => self.cursor,
+        };
         let mut examined = 0;
         while page.len() < size && examined < n {
-            let item = self.pool[self.cursor];
+            let item = self.pool[at_pool];
             if !page.contains(&item) {
                 page.push(item);
             }
-            self.cursor = (self.cursor + 1) % n;
+            at_pool = (at_pool + 1) % n;
             examined += 1;
         }
-        page
+        if at.is_none() {
+            self.cursor = at_pool;
+        }
+        (page, position as u32, at_pool as u32)
     }
 }
 
@@ -55,11 +70,15 @@ fn dedup_keep_first(items: &[u32]) -> Vec<u32> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
+    /// Pages with and without cursors: `how` 0-1 no cursor, 2 a cursor an
+    /// earlier answer carried (a retry, or a step back), 3 the same of
+    /// another feed version (ignored), 4 a position anywhere (beyond the
+    /// list too), 5 a peek first, which must show the page that follows.
     #[test]
     fn store_matches_the_reference_model(
         feeds in prop::collection::vec(prop::collection::vec(0u32..60, 0..25), 1..12),
         pool in prop::collection::vec(0u32..60, 0..15),
-        requests in prop::collection::vec((0u32..15, 1usize..30), 1..150),
+        requests in prop::collection::vec((0u32..15, 1usize..30, 0u8..6, any::<u32>()), 1..150),
     ) {
         let mut builder = StoreBuilder::default();
         let mut model = Model {
@@ -73,19 +92,38 @@ proptest! {
             model.feeds.insert(user as u32, items.clone());
         }
         let mut store = builder.build(Pool::new(pool.iter().copied()));
+        let version = store.cursor(0).version;
+        let mut issued: Vec<Cursor> = Vec::new();
         let mut page = Vec::new();
-        for (user, size) in requests {
-            let want = model.next_page(user, size);
+        for (user, size, how, pick) in requests {
+            let old = (!issued.is_empty()).then(|| issued[pick as usize % issued.len()]);
+            let (user, at) = match (how, old) {
+                (2, Some(c)) => (c.user, Some(c)),
+                (3, Some(c)) => (c.user, Some(Cursor { version: c.version ^ 1, ..c })),
+                (4, _) => (user, Some(Cursor { user, version, position: pick % 40, pool: pick })),
+                _ => (user, None),
+            };
+            let honoured = at.filter(|c| c.version == version).map(|c| (c.position, c.pool));
+            let (want, position, pool_at) = model.page(user, size, honoured);
             let before = store.counters();
-            match store.next_page(user, size, &mut page) {
-                Ok(()) => {
+            let mut peeked = Vec::new();
+            let peek = (how == 5).then(|| store.peek_page(user, size, &mut peeked));
+            let got = store.page(user, size, at, &mut page, true);
+            if let Some(peek) = peek {
+                prop_assert_eq!(peek, got, "a peek shows the page that follows");
+                prop_assert_eq!(&peeked, &page);
+            }
+            match got {
+                Ok(next) => {
                     let after = store.counters();
                     prop_assert_eq!(&page, &want);
+                    prop_assert_eq!(next, Cursor { user, version, position, pool: pool_at });
                     let unknown = after.unknown_users - before.unknown_users;
                     prop_assert_eq!(unknown == 1, !model.feeds.contains_key(&user));
                     let served = after.personalized_items + after.fallback_items
                         - before.personalized_items - before.fallback_items;
                     prop_assert_eq!(served as usize, page.len());
+                    issued.push(next);
                 }
                 Err(Unserved::NothingToServe) => prop_assert!(want.is_empty()),
                 Err(Unserved::Overloaded | Unserved::NotOwner) => {
@@ -93,7 +131,8 @@ proptest! {
                 }
             }
         }
-        // Every personalized item was served at most once, in order.
+        // Every personalized item was served at most once, in order, when
+        // no cursor went back; with cursors, progress is the furthest end.
         for (user, items) in &model.feeds {
             prop_assert_eq!(
                 store.remaining(*user).unwrap(),
@@ -119,6 +158,8 @@ proptest! {
                 &b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"[..],
                 &b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"[..],
                 &b"Connection: close\r\n"[..],
+                &b"GET /feed/1?size=2&cursor=0123abc HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                &b"HEAD /feed/2?cursor=&size=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             ]),
             0..6,
         ),

@@ -68,7 +68,7 @@ fn the_readme_lists_every_serve_flag() {
     let flags: Vec<&str> = help
         .split_whitespace()
         .filter(|w| w.starts_with("--") && w.len() > 2)
-        .map(|w| w.trim_end_matches([',', '.', ')', ']', ':']))
+        .map(|w| w.trim_end_matches([',', '.', ')', ']', ':', ';']))
         .filter(|w| *w != "--help")
         .collect();
     assert!(flags.len() > 30, "{flags:?}");

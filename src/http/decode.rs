@@ -5,6 +5,7 @@
 use std::mem::MaybeUninit;
 
 use super::{Action, Decoded, HttpError, IdProblem, Limits, Persist, Request, SizeProblem, Span};
+use crate::cursor::Cursor;
 use crate::decimal::{self, DecimalError};
 
 /// Header lines parsed per request; more is treated like an oversized head.
@@ -230,7 +231,18 @@ fn feed_action(id: &str, query: &str, limits: Limits) -> Action {
             }))
         }
     };
-    let size = match query_param(query, "size") {
+    // One pass over the query for both parameters (the first of each
+    // counts; others are ignored).
+    let (mut size, mut cursor) = (None, None);
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "size" if size.is_none() => size = Some(v),
+            "cursor" if cursor.is_none() => cursor = Some(v),
+            _ => {}
+        }
+    }
+    let size = match size {
         None => limits.default_size,
         Some(v) => match decimal::parse(v.as_bytes(), limits.max_size as u64) {
             Ok(0) => limits.default_size,
@@ -241,15 +253,16 @@ fn feed_action(id: &str, query: &str, limits: Limits) -> Action {
             Err(_) => return Action::Fail(HttpError::Size(SizeProblem::NotANumber)),
         },
     };
-    Action::Feed { user, size }
-}
-
-/// The first value of `key` in an `a=1&b=2` query.
-fn query_param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then_some(v)
-    })
+    // `cursor=` with nothing after it is no cursor: a client's first
+    // request, before it holds one, may use the same URL template.
+    let cursor = match cursor {
+        None | Some("") => None,
+        Some(token) => match Cursor::parse(token.as_bytes(), user) {
+            Ok(c) => Some(c),
+            Err(problem) => return Action::Fail(HttpError::Cursor(problem)),
+        },
+    };
+    Action::Feed { user, size, cursor }
 }
 
 #[cfg(test)]
@@ -279,27 +292,47 @@ mod tests {
     #[test]
     fn decodes_feed_requests_and_sizes() {
         let r = req(&get("/feed/42?size=5"));
-        assert_eq!(r.action, Action::Feed { user: 42, size: 5 });
+        assert_eq!(
+            r.action,
+            Action::Feed {
+                user: 42,
+                size: 5,
+                cursor: None
+            }
+        );
         assert_eq!(r.persist, Persist::KeepAlive);
         assert_eq!(r.len, get("/feed/42?size=5").len());
         assert_eq!(
             action(&get("/feed/4294967295")),
             Action::Feed {
                 user: u32::MAX,
-                size: 10
+                size: 10,
+                cursor: None
             }
         );
         assert_eq!(
             action(&get("/feed/7?x=1&size=0&size=3")),
-            Action::Feed { user: 7, size: 10 }
+            Action::Feed {
+                user: 7,
+                size: 10,
+                cursor: None
+            }
         );
         assert_eq!(
             action(&get("/feed/7?size=100")),
-            Action::Feed { user: 7, size: 100 }
+            Action::Feed {
+                user: 7,
+                size: 100,
+                cursor: None
+            }
         );
         assert_eq!(
             action(&get("http://example.com:80/feed/9?size=2")),
-            Action::Feed { user: 9, size: 2 }
+            Action::Feed {
+                user: 9,
+                size: 2,
+                cursor: None
+            }
         );
         assert_eq!(action(&get("/healthz")), Action::Health);
         assert_eq!(action(&get("/stats")), Action::Stats);
@@ -332,6 +365,71 @@ mod tests {
     }
 
     #[test]
+    fn decodes_cursors_checked_against_the_user() {
+        use crate::cursor::{Cursor, CursorProblem};
+        let c = Cursor {
+            user: 7,
+            version: 1,
+            position: 20,
+            pool: 3,
+        };
+        let token = String::from_utf8(c.token().to_vec()).unwrap();
+        let feed = |target: &str| action(&get(target));
+        assert_eq!(
+            feed(&format!("/feed/7?size=3&cursor={token}")),
+            Action::Feed {
+                user: 7,
+                size: 3,
+                cursor: Some(c)
+            }
+        );
+        assert_eq!(
+            feed(&format!("/feed/7?cursor={token}&cursor=x&size=3")),
+            Action::Feed {
+                user: 7,
+                size: 3,
+                cursor: Some(c)
+            },
+            "the first one counts"
+        );
+        let none = Action::Feed {
+            user: 7,
+            size: 10,
+            cursor: None,
+        };
+        assert_eq!(feed("/feed/7?cursor="), none, "empty: no cursor");
+        assert_eq!(feed("/feed/7?cursors=abc&xcursor=1"), none);
+        let shape = Action::Fail(HttpError::Cursor(CursorProblem::Shape));
+        let check = Action::Fail(HttpError::Cursor(CursorProblem::Check));
+        assert_eq!(feed("/feed/7?cursor=abc"), shape);
+        assert_eq!(feed("/feed/7?cursor"), none, "a bare key is empty");
+        assert_eq!(feed(&format!("/feed/7?cursor={token}0")), shape);
+        assert_eq!(feed(&format!("/feed/7?cursor=%20{}", &token[3..])), shape);
+        assert_eq!(
+            feed(&format!("/feed/8?cursor={token}")),
+            check,
+            "another user's"
+        );
+        let typo = format!(
+            "{}{}",
+            &token[..31],
+            if token.ends_with('0') { '1' } else { '0' }
+        );
+        assert_eq!(feed(&format!("/feed/7?cursor={typo}")), check);
+        assert_eq!(HttpError::Cursor(CursorProblem::Check).code(), 422);
+        assert!(!HttpError::Cursor(CursorProblem::Shape).closes());
+        // The id and the size are judged first.
+        assert_eq!(
+            feed("/feed/x?cursor=abc"),
+            Action::Fail(HttpError::UserId(IdProblem::NotDecimal))
+        );
+        assert_eq!(
+            feed("/feed/7?size=x&cursor=abc"),
+            Action::Fail(HttpError::Size(SizeProblem::NotANumber))
+        );
+    }
+
+    #[test]
     fn routes_unknown_paths_and_methods() {
         assert_eq!(action(&get("/nope")), Action::Fail(HttpError::NotFound));
         assert_eq!(action(&get("/feed")), Action::Fail(HttpError::NotFound));
@@ -361,7 +459,14 @@ mod tests {
         }
         let r = req(raw);
         assert_eq!(r.len, raw.len(), "the body is consumed");
-        assert_eq!(r.action, Action::Feed { user: 12, size: 3 });
+        assert_eq!(
+            r.action,
+            Action::Feed {
+                user: 12,
+                size: 3,
+                cursor: None
+            }
+        );
     }
 
     #[test]
@@ -379,8 +484,22 @@ mod tests {
         assert_eq!(
             seen,
             [
-                (Action::Feed { user: 1, size: 10 }, Persist::KeepAlive),
-                (Action::Feed { user: 2, size: 1 }, Persist::KeepAlive),
+                (
+                    Action::Feed {
+                        user: 1,
+                        size: 10,
+                        cursor: None
+                    },
+                    Persist::KeepAlive
+                ),
+                (
+                    Action::Feed {
+                        user: 2,
+                        size: 1,
+                        cursor: None
+                    },
+                    Persist::KeepAlive
+                ),
                 (Action::Health, Persist::Close),
             ]
         );
@@ -511,7 +630,14 @@ mod tests {
     fn head_options_and_expect() {
         let head = req(b"HEAD /feed/3?size=2 HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(head.head);
-        assert_eq!(head.action, Action::Feed { user: 3, size: 2 });
+        assert_eq!(
+            head.action,
+            Action::Feed {
+                user: 3,
+                size: 2,
+                cursor: None
+            }
+        );
         assert!(!req(&get("/feed/3")).head);
         let options = |target: &str| {
             action(format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
@@ -539,12 +665,26 @@ mod tests {
         assert_eq!(req(raw).len, raw.len());
         // No body, or the body already here: nothing to wait for.
         let empty = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n";
-        assert_eq!(req(empty).action, Action::Feed { user: 1, size: 10 });
+        assert_eq!(
+            req(empty).action,
+            Action::Feed {
+                user: 1,
+                size: 10,
+                cursor: None
+            }
+        );
         // Any other expectation: 417. HTTP/1.0 ignores Expect.
         let other = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n";
         assert_eq!(action(other), Action::Fail(HttpError::ExpectationFailed));
         let old = b"GET /feed/1 HTTP/1.0\r\nExpect: something\r\n\r\n";
-        assert_eq!(action(old), Action::Feed { user: 1, size: 10 });
+        assert_eq!(
+            action(old),
+            Action::Feed {
+                user: 1,
+                size: 10,
+                cursor: None
+            }
+        );
         // Too large a body is refused before the client sends it.
         let big = b"GET /feed/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 99999\r\n\r\n";
         assert_eq!(action(big), Action::Fail(HttpError::BodyTooLarge(4096)));

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{HttpError, Persist, ALLOW_HEADER};
+use crate::cursor::{Cursor, TOKEN_LEN};
 
 thread_local! {
     static CACHED: Cell<HttpDate> = Cell::new(HttpDate::now());
@@ -100,9 +101,16 @@ impl Framing {
     }
 }
 
-/// Appends a `200` answer whose body is the JSON array of `items`.
-pub fn encode_page(out: &mut Vec<u8>, date: &HttpDate, f: Framing, items: &[u32]) {
-    encode_page_with(out, date, f, items, b"")
+/// Appends a `200` answer whose body is the JSON array of `items`, with
+/// `Feed-Cursor: TOKEN` if `cursor` is given.
+pub fn encode_page(
+    out: &mut Vec<u8>,
+    date: &HttpDate,
+    f: Framing,
+    items: &[u32],
+    cursor: Option<&Cursor>,
+) {
+    encode_page_with(out, date, f, items, cursor, "")
 }
 
 /// Appends a `200` page that says it is degraded and why
@@ -112,19 +120,44 @@ pub fn encode_degraded_page(
     date: &HttpDate,
     f: Framing,
     items: &[u32],
+    cursor: Option<&Cursor>,
     reason: &str,
 ) {
-    let mut header = [0u8; 64];
-    let text = b"Shardfeed-Degraded: ";
-    let n = text.len() + reason.len() + 2;
-    assert!(n <= header.len(), "a short reason");
-    header[..text.len()].copy_from_slice(text);
-    header[text.len()..n - 2].copy_from_slice(reason.as_bytes());
-    header[n - 2..n].copy_from_slice(b"\r\n");
-    encode_page_with(out, date, f, items, &header[..n])
+    encode_page_with(out, date, f, items, cursor, reason)
 }
 
-fn encode_page_with(out: &mut Vec<u8>, date: &HttpDate, f: Framing, items: &[u32], extra: &[u8]) {
+/// The longest degraded reason a page header takes.
+const MAX_REASON: usize = 32;
+
+fn encode_page_with(
+    out: &mut Vec<u8>,
+    date: &HttpDate,
+    f: Framing,
+    items: &[u32],
+    cursor: Option<&Cursor>,
+    reason: &str,
+) {
+    // The extra header lines, assembled on the stack: no allocation.
+    const CURSOR: &[u8] = b"Feed-Cursor: ";
+    const DEGRADED: &[u8] = b"Shardfeed-Degraded: ";
+    let mut extra = [0u8; CURSOR.len() + TOKEN_LEN + 2 + DEGRADED.len() + MAX_REASON + 2];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        extra[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    if let Some(c) = cursor {
+        put(CURSOR);
+        put(&c.token());
+        put(b"\r\n");
+    }
+    if !reason.is_empty() {
+        assert!(reason.len() <= MAX_REASON, "a short reason");
+        put(DEGRADED);
+        put(reason.as_bytes());
+        put(b"\r\n");
+    }
+    let extra = &extra[..n];
     let body_len = if items.is_empty() {
         2
     } else {
@@ -289,6 +322,7 @@ mod tests {
             &date,
             Framing::full(Persist::KeepAlive),
             &[17, 4, 4_294_967_295, 0],
+            None,
         );
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
@@ -296,7 +330,7 @@ mod tests {
              Content-Type: application/json\r\nContent-Length: 19\r\n\r\n[17,4,4294967295,0]"
         );
         out.clear();
-        encode_page(&mut out, &date, Framing::full(Persist::Close), &[]);
+        encode_page(&mut out, &date, Framing::full(Persist::Close), &[], None);
         assert!(out.ends_with(b"Content-Length: 2\r\nConnection: close\r\n\r\n[]"));
         out.clear();
         encode_error(
@@ -409,7 +443,7 @@ mod tests {
             }
             for items in [&[][..], &[0], &[1, 22, 333, 4_294_967_295]] {
                 let mut out = Vec::new();
-                encode_page(&mut out, &date, Framing::full(persist), items);
+                encode_page(&mut out, &date, Framing::full(persist), items, None);
                 assert_framed(std::str::from_utf8(&out).unwrap());
             }
             let mut out = Vec::new();
@@ -425,6 +459,49 @@ mod tests {
             );
             assert_framed(std::str::from_utf8(&out).unwrap());
         }
+    }
+
+    #[test]
+    fn a_page_carries_its_cursor_and_a_degraded_one_its_reason() {
+        let date = HttpDate::from_unix(0);
+        let c = Cursor {
+            user: 1,
+            version: 2,
+            position: 3,
+            pool: 4,
+        };
+        let token = String::from_utf8(c.token().to_vec()).unwrap();
+        let mut out = Vec::new();
+        encode_page(
+            &mut out,
+            &date,
+            Framing::full(Persist::Close),
+            &[5],
+            Some(&c),
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(&format!(
+                "Content-Length: 3\r\nFeed-Cursor: {token}\r\nConnection: close\r\n\r\n[5]"
+            )),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        let head = Framing {
+            persist: Persist::KeepAlive,
+            body: false,
+        };
+        encode_degraded_page(&mut out, &date, head, &[5, 6], Some(&c), "not-owner");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with(&format!(
+            "Content-Length: 5\r\nFeed-Cursor: {token}\r\nShardfeed-Degraded: not-owner\r\n\r\n"
+        )));
+        let mut out = Vec::new();
+        encode_degraded_page(&mut out, &date, head, &[5], None, "not-owner");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("Feed-Cursor") && text.contains("\r\nShardfeed-Degraded: not-owner\r\n")
+        );
     }
 
     #[test]
@@ -452,8 +529,14 @@ mod tests {
             body: false,
         };
         let (mut get, mut head_only) = (Vec::new(), Vec::new());
-        encode_page(&mut get, &date, Framing::full(Persist::KeepAlive), &[1, 22]);
-        encode_page(&mut head_only, &date, head, &[1, 22]);
+        encode_page(
+            &mut get,
+            &date,
+            Framing::full(Persist::KeepAlive),
+            &[1, 22],
+            None,
+        );
+        encode_page(&mut head_only, &date, head, &[1, 22], None);
         assert!(get.starts_with(&head_only));
         assert_eq!(&get[head_only.len()..], b"[1,22]");
         let (mut err, mut err_head) = (Vec::new(), Vec::new());

@@ -2,6 +2,7 @@
 //! message and extra header are produced only when it is encoded.
 
 use crate::auth::Problem;
+use crate::cursor::CursorProblem;
 
 /// Every error answer. The hot path carries this small value; the message is
 /// written only when the answer is encoded.
@@ -13,6 +14,8 @@ pub enum HttpError {
     BodyTooLarge(u32),
     UserId(IdProblem),
     Size(SizeProblem),
+    /// `?cursor=` is not a `Feed-Cursor` token of this user.
+    Cursor(CursorProblem),
     HeadTooLarge(u32),
     UriTooLong(u32),
     /// The request head did not arrive in time.
@@ -60,7 +63,9 @@ impl HttpError {
             HttpError::ExpectationFailed => "417 Expectation Failed",
             HttpError::BodyTooLarge(_) => "413 Content Too Large",
             HttpError::UriTooLong(_) => "414 URI Too Long",
-            HttpError::UserId(_) | HttpError::Size(_) => "422 Unprocessable Content",
+            HttpError::UserId(_) | HttpError::Size(_) | HttpError::Cursor(_) => {
+                "422 Unprocessable Content"
+            }
             HttpError::HeadTooLarge(_) => "431 Request Header Fields Too Large",
             HttpError::Overloaded | HttpError::TooManyConnections => "503 Service Unavailable",
         }
@@ -111,6 +116,12 @@ impl HttpError {
             HttpError::Size(SizeProblem::AboveMax(max)) => {
                 return ("size must be at most ", Some(max as u32), "")
             }
+            HttpError::Cursor(CursorProblem::Shape) => {
+                "cursor must be a Feed-Cursor header value (32 hex digits), passed back unchanged"
+            }
+            HttpError::Cursor(CursorProblem::Check) => {
+                "cursor is not valid for this user: mistyped, or the Feed-Cursor of another user"
+            }
             HttpError::Unauthorized(Problem::Missing) => {
                 "authorization required: send Authorization: Bearer <JWT>"
             }
@@ -148,6 +159,7 @@ impl HttpError {
             self,
             HttpError::UserId(_)
                 | HttpError::Size(_)
+                | HttpError::Cursor(_)
                 | HttpError::Unauthorized(_)
                 | HttpError::Forbidden
         )

@@ -10,6 +10,8 @@
 //! - `recover`: start-up: read every file, keep the latest progress per user.
 //! - `writer`: [`ShardJournal`] and its background writer task.
 //! - `checkpoint`: [`Checkpoint`] and the clean-up after one.
+//! - `seed`: [`seed_checkpoints`]: a state directory written by a tool
+//!   (`shardfeed relayout`) in the same format, blocking std I/O.
 //!
 //! # On-disk format (one page)
 //!
@@ -93,10 +95,12 @@
 mod checkpoint;
 pub mod format;
 mod recover;
+mod seed;
 mod writer;
 
 pub use checkpoint::Checkpoint;
-pub use recover::{recover, DirLock, FileReport, Recovery, RecoveryReport};
+pub use recover::{recover, recover_existing, DirLock, FileReport, Recovery, RecoveryReport};
+pub use seed::{seed_checkpoints, Seeded, SEEDED_GENERATION};
 pub use writer::{Durable, JournalConfig, JournalStats, ShardJournal};
 
 use std::rc::Rc;

@@ -155,24 +155,42 @@ impl std::fmt::Display for RecoveryReport {
 /// cannot be used, with a message saying what to change; anything inside it
 /// that is not a valid file is ignored and named in the report.
 pub fn recover(dir: &Path) -> Result<Recovery, String> {
+    recover_dir(dir, "--state-dir", true)
+}
+
+/// As [`recover`], for a tool that reads another run's state directory
+/// (`shardfeed relayout --from DIR`): a missing `dir` is an error, not
+/// created, and messages name `flag`. The lock is taken all the same, so a
+/// running server's directory is refused (and no server starts on it while
+/// the returned [`Recovery`] lives).
+pub fn recover_existing(dir: &Path, flag: &str) -> Result<Recovery, String> {
+    recover_dir(dir, flag, false)
+}
+
+fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String> {
     let started = Instant::now();
     let shown = dir.display();
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => {
+        Ok(_) if create => {
             return Err(format!(
-            "--state-dir {shown} is not a directory: give a directory (it is created if missing)"
-        ))
+                "{flag} {shown} is not a directory: give a directory (it is created if missing)"
+            ))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)
-            .map_err(|e| {
-                format!("cannot create --state-dir {shown}: {e}: create it or choose another")
-            })?,
-        Err(e) => return Err(format!("cannot use --state-dir {shown}: {e}")),
+        Ok(_) => return Err(format!("{flag} {shown} is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!("cannot create {flag} {shown}: {e}: create it or choose another")
+            })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{flag} {shown} does not exist"))
+        }
+        Err(e) => return Err(format!("cannot use {flag} {shown}: {e}")),
     }
-    let lock = lock_dir(dir)?;
+    let lock = lock_dir(dir, flag)?;
     let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read --state-dir {shown}: {e}: make it readable"))?;
+        .map_err(|e| format!("cannot read {flag} {shown}: {e}: make it readable"))?;
 
     let mut report = RecoveryReport {
         dir: dir.to_path_buf(),
@@ -184,7 +202,7 @@ pub fn recover(dir: &Path) -> Result<Recovery, String> {
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => return Err(format!("cannot read --state-dir {shown}: {e}")),
+            Err(e) => return Err(format!("cannot read {flag} {shown}: {e}")),
         };
         let os_name = entry.file_name();
         let Some(name) = os_name.to_str() else {
@@ -225,7 +243,7 @@ pub fn recover(dir: &Path) -> Result<Recovery, String> {
         }
     }
     let generation = max_generation.checked_add(1).filter(|g| *g < u64::MAX).ok_or_else(|| {
-        format!("--state-dir {shown}: a file name claims generation {max_generation}: move the directory away")
+        format!("{flag} {shown}: a file name claims generation {max_generation}: move the directory away")
     })?;
 
     // Choose each (generation, shard)'s newest checkpoint with a valid header.
@@ -327,7 +345,7 @@ pub fn recover(dir: &Path) -> Result<Recovery, String> {
     })
 }
 
-fn lock_dir(dir: &Path) -> Result<DirLock, String> {
+fn lock_dir(dir: &Path, flag: &str) -> Result<DirLock, String> {
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -337,7 +355,7 @@ fn lock_dir(dir: &Path) -> Result<DirLock, String> {
         .open(&path)
         .map_err(|e| {
             format!(
-                "cannot write in --state-dir {}: {e}: make it writable",
+                "cannot write in {flag} {}: {e}: make it writable",
                 dir.display()
             )
         })?;
@@ -356,7 +374,7 @@ fn lock_dir(dir: &Path) -> Result<DirLock, String> {
         }
         return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             format!(
-                "--state-dir {} is in use by another shardfeed (LOCK is held): stop it or choose another directory",
+                "{flag} {} is in use by another shardfeed (LOCK is held): stop it or choose another directory",
                 dir.display()
             )
         } else {

@@ -59,15 +59,16 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it
-/// starts); returns the set for [`wait_for_signal`].
-pub(super) fn block_stop_signals() -> Result<libc::sigset_t, String> {
+/// Blocks SIGINT, SIGTERM (stop) and SIGHUP (reload) in this thread (and
+/// so in every thread it starts); returns the set for [`wait_for_signal`].
+pub(super) fn block_signals() -> Result<libc::sigset_t, String> {
     // SAFETY: plain signal-mask calls on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
             0 => Ok(set),
             e => Err(format!(

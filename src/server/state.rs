@@ -68,7 +68,8 @@ pub(super) fn restore(
     if !parts[shards].is_empty() {
         crate::log_line!(
             "{} users in the state directory belong to other instances of the cluster: \
-             not restored here (see the README, \"Changing the layout\")",
+             not restored here (`shardfeed relayout` moves them: see the README, \
+             \"Changing the layout\")",
             parts[shards].len()
         );
     }

@@ -166,6 +166,7 @@ mod tests {
             page: Page {
                 items: vec![1, 2],
                 outcome,
+                cursor: None,
             },
             sent_at: Instant::now(),
         }
