@@ -73,6 +73,7 @@ fn main() {
                     metrics: ShardMetrics::new(false),
                     links,
                     journal: None,
+                    move_after: 0,
                 })
                 .await
                 .expect("a shard");

@@ -419,6 +419,18 @@ pub struct ServeArgs {
     /// way out; the flag needs Linux 5.19 and is skipped where refused.
     #[arg(long)]
     pub no_coop_taskrun: bool,
+    /// Keep every connection on the shard that accepted it. By default a
+    /// keep-alive connection whose last --move-after feed requests were for
+    /// users of one other shard moves to that shard (at most twice per
+    /// connection), so that a client asking for its own user's pages is
+    /// served without forwarding.
+    #[arg(long)]
+    pub no_move_connections: bool,
+    /// A connection moves to the shard that owns its user after this many
+    /// feed requests in a row for that shard's users (1: after its first).
+    #[arg(long, value_name = "N", default_value_t = crate::session::MOVE_AFTER,
+          value_parser = clap::value_parser!(u8).range(1..=100), conflicts_with = "no_move_connections")]
+    pub move_after: u8,
     /// Keep every user's progress in a journal and checkpoints under DIR
     /// (created if missing), so that a restart or a crash continues every
     /// user where they were [default: in memory only].
@@ -634,6 +646,11 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             pin: !self.no_pin,
             coop_taskrun: !self.no_coop_taskrun,
+            move_after: if self.no_move_connections {
+                0
+            } else {
+                self.move_after
+            },
             state: self.state_dir.clone().map(|dir| StateConfig {
                 dir,
                 fsync: self.fsync,

@@ -10,17 +10,24 @@
 //! Timing: one clock read when a round's bytes have been read, one when its
 //! answers have been handed to the socket; every request of the round is
 //! recorded with that service time.
+//!
+//! Moves: between rounds, with every answer written, a connection that its
+//! session says belongs elsewhere ([`Session::wants_move`]) is handed to
+//! that shard as a [`Handoff`] (its socket, its session's [`Carry`]) and
+//! served there from where it stopped; see [`Handoff`] for why that is
+//! safe with glommio.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::TcpStream;
 
 use crate::http::{self, Framing, HttpError, Limits, Persist};
-use crate::session::{Endpoint, Session};
-use crate::shard::Shard;
+use crate::session::{Carry, Endpoint, Session};
+use crate::shard::{Shard, ShardId};
 use crate::watchdog::{Expired, Phase, Registration};
 
 /// After the last answer on a connection we close, how long to keep reading
@@ -69,7 +76,9 @@ pub fn accept(
             limits.max_pipeline,
             limits.max_unsent,
         );
-        gate.spawn(serve(stream, session, watch, limits))
+        // Answers are written whole, so Nagle would only delay them.
+        let _ = stream.set_nodelay(true);
+        gate.spawn(serve(stream, session, watch, limits, Between::START))
     } else {
         gate.spawn(refuse(stream, shard.clone()))
     };
@@ -78,17 +87,68 @@ pub fn accept(
     }
 }
 
+/// A connection on its way to the shard that owns its user.
+///
+/// Why this is safe with glommio 0.9 (`net/stream.rs`): a `TcpStream`
+/// reads and writes with plain `recv`/`send` first and queues only *poll*
+/// operations on io_uring (readiness, never a `recv` that could take bytes
+/// into a buffer of its own). A connection moves only between rounds, its
+/// answers written, so at most a readiness poll is pending; dropping the
+/// old stream cancels it, and a poll that completes meanwhile consumes
+/// nothing. glommio has no `into_raw_fd`, so the socket travels as a
+/// duplicate descriptor (`dup`: one syscall per move, not per request), and
+/// the old stream closes the original. Bytes already read travel in the
+/// session's [`Carry`], and are answered first on arrival.
+pub struct Handoff {
+    socket: OwnedFd,
+    session: Carry,
+    between: Between,
+}
+
+/// Where a connection's loop is between two rounds.
+#[derive(Debug, Clone, Copy)]
+struct Between {
+    /// Complete requests wait in the input: answer before reading.
+    more_ready: bool,
+    /// When the first byte of the request head in the input came.
+    head_since: Option<Instant>,
+}
+
+impl Between {
+    const START: Between = Between {
+        more_ready: false,
+        head_since: None,
+    };
+}
+
+/// How a connection's loop ended.
+enum End {
+    Closed,
+    /// Between rounds, for the shard that owns its user.
+    Move(ShardId, Between),
+}
+
 /// Serves one connection until the client closes it, an error, an answer
-/// that closes it, a deadline, or shutdown while it is idle.
+/// that closes it, a deadline, shutdown while it is idle, or until it moves
+/// to another shard.
 async fn serve(
     mut stream: TcpStream,
     mut session: Session<Rc<Shard>>,
     watch: Registration,
     limits: ConnLimits,
+    mut between: Between,
 ) {
-    // Answers are written whole, so Nagle would only delay them.
-    let _ = stream.set_nodelay(true);
-    run(&mut stream, &mut session, &watch, limits).await;
+    loop {
+        match run(&mut stream, &mut session, &watch, limits, between).await {
+            End::Closed => break,
+            End::Move(to, at) => match move_to(&stream, &mut session, to, at) {
+                // The stream and the registration go with this task: the
+                // socket lives on in the handoff's descriptor.
+                Ok(()) => return,
+                Err(()) => between = at,
+            },
+        }
+    }
     if matches!(
         watch.expired(),
         Some(Expired::Idle | Expired::Head | Expired::Write)
@@ -98,19 +158,97 @@ async fn serve(
     }
 }
 
-/// The connection's read-answer-write loop.
+/// Hands the connection to shard `to`, or leaves it as it was (it then
+/// stays for good) when it cannot go: no descriptor, the channel full or
+/// closed.
+#[cold]
+fn move_to(
+    stream: &TcpStream,
+    session: &mut Session<Rc<Shard>>,
+    to: ShardId,
+    between: Between,
+) -> Result<(), ()> {
+    let carry = session.carry();
+    // SAFETY: the stream's descriptor is open for as long as this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let Ok(socket) = fd.try_clone_to_owned() else {
+        session.keep(carry);
+        return Err(());
+    };
+    let handoff = Box::new(Handoff {
+        socket,
+        session: carry,
+        between,
+    });
+    session.backend().hand_off(to, handoff).map_err(|h| {
+        // Dropping the handoff closes the duplicate; the original serves on.
+        session.keep(h.session);
+    })
+}
+
+/// Takes the connections that move to this shard from one peer, until the
+/// shard stops, and serves each as if accepted here (on `endpoint`, the
+/// public one: only feed requests make a connection move). A moved
+/// connection is not refused at `--max-connections`: it was accepted once,
+/// and the process's count does not change.
+pub async fn adopt_moved(
+    handoffs: ConnectedReceiver<Box<Handoff>>,
+    shard: Rc<Shard>,
+    endpoint: Rc<Endpoint>,
+    limits: ConnLimits,
+    gate: glommio::sync::Gate,
+) {
+    loop {
+        let next = async { handoffs.recv().await };
+        let stop = async {
+            shard.stop_announced().await;
+            None
+        };
+        let Some(h) = futures_lite::future::or(next, stop).await else {
+            return;
+        };
+        // SAFETY: the descriptor is a connected TCP socket that this
+        // handoff owned alone.
+        let stream = unsafe { TcpStream::from_raw_fd(h.socket.into_raw_fd()) };
+        let now = Instant::now();
+        let watch = shard
+            .connections
+            .register(stream.as_raw_fd(), now + limits.idle_timeout);
+        let session = Session::resume(
+            h.session,
+            endpoint.clone(),
+            shard.clone(),
+            limits.http,
+            limits.max_pipeline,
+            limits.max_unsent,
+        );
+        match (h.between.more_ready, h.between.head_since) {
+            (true, _) => watch.enter(Phase::Busy, None),
+            (false, Some(since)) => watch.enter(Phase::Head, Some(since + limits.header_timeout)),
+            (false, None) => {}
+        }
+        if let Ok(task) = gate.spawn(serve(stream, session, watch, limits, h.between)) {
+            task.detach();
+        }
+    }
+}
+
+/// The connection's read-answer-write loop, from `between`.
 async fn run(
     stream: &mut TcpStream,
     session: &mut Session<Rc<Shard>>,
     watch: &Registration,
     limits: ConnLimits,
-) {
-    let mut more_ready = false;
-    let mut head_since: Option<Instant> = None;
+    between: Between,
+) -> End {
+    let Between {
+        mut more_ready,
+        mut head_since,
+    } = between;
     loop {
         if !more_ready {
             if !session.has_input() && session.backend().stopping() {
-                return;
+                return End::Closed;
             }
             match stream.read(session.read_buf()).await {
                 Ok(n) if n > 0 && watch.expired().is_none() => session.received(n),
@@ -118,7 +256,7 @@ async fn run(
                     if watch.expired() == Some(Expired::Head) {
                         time_out(stream, session).await;
                     }
-                    return;
+                    return End::Closed;
                 }
             }
         }
@@ -130,14 +268,14 @@ async fn run(
         if !session.output().is_empty() {
             watch.enter(Phase::Writing, Some(started + limits.write_timeout));
             if stream.write_all(session.output()).await.is_err() {
-                return;
+                return End::Closed;
             }
             session.written();
         }
         let now = session.record(started);
         if round.close {
             linger(stream, session.read_buf()).await;
-            return;
+            return End::Closed;
         }
         if !session.has_input() {
             head_since = None;
@@ -145,6 +283,16 @@ async fn run(
         } else if !more_ready {
             let since = *head_since.get_or_insert(started);
             watch.enter(Phase::Head, Some(since + limits.header_timeout));
+        }
+        if let Some(to) = session.wants_move() {
+            // Not once the watchdog has shut the socket down.
+            if watch.expired().is_none() {
+                let at = Between {
+                    more_ready,
+                    head_since,
+                };
+                return End::Move(to, at);
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! The path of one `GET /feed/42`, in the order it runs:
 //! - [`conn`]: the connection's socket loop: read bytes into its session,
-//!   write the answers back, keep deadlines.
+//!   write the answers back, keep deadlines; move the connection to the
+//!   shard that owns its user when its session asks.
 //! - [`session`]: the connection's protocol state: decode each request,
 //!   answer it or ask the shards, keep answers in request order.
 //! - [`http`]: bytes on the wire: request heads in (`http/decode.rs`),

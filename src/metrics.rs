@@ -89,6 +89,10 @@ counters! {
         refused_connections: Counter,
         /// Connections closed by a deadline: slow request head, idle, stuck write.
         timed_out_connections: Counter,
+        /// Connections this shard handed to the shard that owns their user.
+        ///
+        /// After consecutive requests for that shard's users (SPEC "Beyond one machine"); counted by the shard they left.
+        connections_moved: Counter,
         /// Connections open now.
         open_connections: Gauge,
         /// Users in this shard's store.

@@ -103,6 +103,9 @@ pub struct ServeConfig {
     /// `--cluster FILE --instance NAME`: this process is one instance; its
     /// shards also listen on their own ports (see `server/ports.rs`).
     pub cluster: Option<ClusterSeat>,
+    /// Connections that ask this many times in a row for one other shard's
+    /// users move there (`--move-after`); 0: never (`--no-move-connections`).
+    pub move_after: u8,
 }
 
 /// What shards, stop handles and the signal thread tell the supervisor.
@@ -318,6 +321,7 @@ fn launch(
             metrics,
             links,
             journal,
+            move_after: config.move_after,
         };
         let life = ShardLife {
             config: config.clone(),
@@ -601,6 +605,18 @@ impl ShardLife {
                 accept_loop(listener, &shard, &public, limits, &gate).await;
             }
         };
+        for handoffs in shard.take_handoffs() {
+            let adopt = conn::adopt_moved(
+                handoffs,
+                shard.clone(),
+                public.clone(),
+                limits,
+                gate.clone(),
+            );
+            if let Ok(task) = gate.spawn(adopt) {
+                task.detach();
+            }
+        }
         let public_loop = accept_loop(&listener, &shard, &public, limits, &gate);
         futures_lite::future::zip(public_loop, futures_lite::future::zip(admin_loop, own_loop))
             .await;

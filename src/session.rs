@@ -24,6 +24,18 @@ use crate::metrics::{self, Class, Route, Snapshot};
 /// thousands of idle connections should not cost a large buffer each.
 const INITIAL_INPUT: usize = 2 * 1024;
 
+/// Connection moves: by default, a connection whose last this many feed
+/// requests were all for users of one other [`Backend::Home`] moves there
+/// (a mobile app's connection asks for its own user only); the backend
+/// may say otherwise ([`Backend::move_after`], `--move-after`). Two, not
+/// one: one request says little about a connection (it may be its only
+/// one), though every request before the move is forwarded.
+pub const MOVE_AFTER: u8 = 2;
+/// A connection moves at most this often: a connection asking for random
+/// users (a load generator, a pooled proxy) gains nothing from moving, and
+/// must not bounce between shards for ever.
+pub const MAX_MOVES: u8 = 2;
+
 /// What a connection asks for one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageAsk {
@@ -57,6 +69,16 @@ pub trait Backend {
     fn snapshots(&self) -> impl Future<Output = Option<Vec<Snapshot>>>;
     /// The server is stopping: answers close their connections.
     fn stopping(&self) -> bool;
+    /// Where a connection could go to have its pages of `user` answered
+    /// there instead of asking for them (the owning shard); `None`: they are
+    /// answered here, or connections do not move. See [`MOVE_AFTER`].
+    type Home: Copy + Eq;
+    fn home(&self, user: u32) -> Option<Self::Home>;
+    /// A connection moves after this many feed requests in a row for one
+    /// other home (at least 1).
+    fn move_after(&self) -> u8 {
+        MOVE_AFTER
+    }
 }
 
 /// Which routes a listening port serves.
@@ -105,6 +127,7 @@ impl Endpoint {
 
 /// A connection's read buffer: `buf[..filled]` is received, unanswered
 /// input. Grows (never beyond `max`) only when a request does not fit.
+#[derive(Debug)]
 struct Input {
     buf: Vec<u8>,
     filled: usize,
@@ -160,6 +183,51 @@ pub struct Round {
     pub more_ready: bool,
 }
 
+/// The feed requests of a connection so far, for its move ([`MOVE_AFTER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Streak<H> {
+    /// The home of the last feed requests, and how many in a row.
+    home: Option<H>,
+    count: u8,
+    /// Moves of this connection so far (it carries them when it moves).
+    moves: u8,
+}
+
+impl<H: Copy + Eq> Streak<H> {
+    fn new(moves: u8) -> Streak<H> {
+        Streak {
+            home: None,
+            count: 0,
+            moves,
+        }
+    }
+
+    fn see(&mut self, home: Option<H>) {
+        if home.is_some() && home == self.home {
+            self.count = self.count.saturating_add(1);
+        } else {
+            self.home = home;
+            self.count = u8::from(home.is_some());
+        }
+    }
+}
+
+/// What a session takes with it when its connection moves to another shard
+/// (`conn.rs`): received bytes not yet answered (a partial request, or whole
+/// pipelined ones), the token that passed, the interim `100 Continue`
+/// already sent, how often it moved; and its buffers, for their capacity.
+/// Nothing else is pending: a session moves only between rounds with every
+/// answer written ([`Session::wants_move`]).
+pub struct Carry {
+    input: Input,
+    tokens: TokenCache,
+    continued: bool,
+    moves: u8,
+    out: Vec<u8>,
+    staged: Vec<u8>,
+    answered: Vec<(Route, Class)>,
+}
+
 /// One connection's input, answers and bookkeeping; allocated once per
 /// connection.
 pub struct Session<B: Backend> {
@@ -181,6 +249,7 @@ pub struct Session<B: Backend> {
     answered: Vec<(Route, Class)>,
     /// `100 Continue` went out for the request at the start of the input.
     continued: bool,
+    streak: Streak<B::Home>,
     /// Test builds, when the test oracle asks (`Some`): for every answer, in
     /// request order, whether it was sent without its body (`HEAD`), so that
     /// the oracle can frame them. `None` in a server, even a test build's.
@@ -216,13 +285,76 @@ impl<B: Backend> Session<B> {
             queued: Vec::new(),
             answered: Vec::new(),
             continued: false,
+            streak: Streak::new(0),
             #[cfg(any(test, feature = "testing"))]
             bodiless: None,
         }
     }
 
+    /// The session of a connection that moved here with `carry`, on
+    /// `backend` (the new shard) and its `endpoint`.
+    pub fn resume(
+        carry: Carry,
+        endpoint: Rc<Endpoint>,
+        backend: B,
+        limits: Limits,
+        max_pipeline: usize,
+        max_unsent: usize,
+    ) -> Session<B> {
+        let mut s = Session::on(endpoint, backend, limits, max_pipeline, max_unsent);
+        debug_assert_eq!(carry.input.max, s.input.max, "the same limits everywhere");
+        s.input = carry.input;
+        s.tokens = carry.tokens;
+        s.continued = carry.continued;
+        s.streak = Streak::new(carry.moves);
+        (s.out, s.staged, s.answered) = (carry.out, carry.staged, carry.answered);
+        s
+    }
+
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Where this connection should move, between rounds: its last
+    /// [`Backend::move_after`] feed requests were for users of that home, it has
+    /// moved fewer than [`MAX_MOVES`] times, and every answer is written.
+    #[inline]
+    pub fn wants_move(&self) -> Option<B::Home> {
+        let s = &self.streak;
+        let settled = self.queued.is_empty() && self.out.is_empty() && self.answered.is_empty();
+        (s.count >= self.backend.move_after() && s.moves < MAX_MOVES && settled)
+            .then_some(s.home)
+            .flatten()
+    }
+
+    /// Everything the session takes to another shard, leaving it empty
+    /// (only call after [`Session::wants_move`]).
+    pub fn carry(&mut self) -> Carry {
+        debug_assert!(self.wants_move().is_some());
+        let input = Input {
+            buf: std::mem::take(&mut self.input.buf),
+            filled: std::mem::take(&mut self.input.filled),
+            max: self.input.max,
+        };
+        Carry {
+            input,
+            tokens: std::mem::take(&mut self.tokens),
+            continued: std::mem::take(&mut self.continued),
+            moves: self.streak.moves + 1,
+            out: std::mem::take(&mut self.out),
+            staged: std::mem::take(&mut self.staged),
+            answered: std::mem::take(&mut self.answered),
+        }
+    }
+
+    /// Takes back what [`Session::carry`] took, when the move did not
+    /// happen: the connection stays, and tries no more moves.
+    pub fn keep(&mut self, carry: Carry) {
+        self.input = carry.input;
+        self.tokens = carry.tokens;
+        self.continued = carry.continued;
+        self.streak = Streak::new(MAX_MOVES);
+        (self.out, self.staged, self.answered) = (carry.out, carry.staged, carry.answered);
     }
 
     /// Room to read into (never empty).
@@ -343,6 +475,11 @@ impl<B: Backend> Session<B> {
         let other = Route::Other;
         match req.action {
             Action::Feed { user, size, cursor } => {
+                // Once a connection may move no more, its users' homes do
+                // not matter: no second ownership lookup.
+                if self.streak.moves < MAX_MOVES {
+                    self.streak.see(self.backend.home(user));
+                }
                 let ask = PageAsk {
                     user,
                     size,
@@ -745,6 +882,69 @@ mod tests {
             bodiless: vec![false],
         };
         assert!(done.answers().is_err(), "closed without saying so");
+    }
+
+    /// Odd users are elsewhere (`LocalBackend::home`): two feed requests in
+    /// a row for them, and the session wants to move; anything local in
+    /// between starts again; other requests do not count.
+    #[test]
+    fn a_session_wants_to_move_after_two_requests_for_one_other_home() {
+        let mut s = answers(128);
+        run_offline(&mut s, [get("/feed/1?size=1").as_bytes()]);
+        assert_eq!(s.wants_move(), None, "one request says little");
+        run_offline(&mut s, [get("/feed/2?size=1").as_bytes()]);
+        run_offline(&mut s, [get("/feed/3?size=1").as_bytes()]);
+        assert_eq!(s.wants_move(), None, "a local one in between");
+        let raw = get("/healthz") + &get("/feed/x") + &get("/feed/3?size=1");
+        run_offline(&mut s, [raw.as_bytes()]);
+        assert_eq!(s.wants_move(), Some(()), "health and errors do not count");
+    }
+
+    /// What a moving session takes goes on where it stopped: a partial
+    /// request, the moves so far; at most [`MAX_MOVES`] moves.
+    #[test]
+    fn a_carried_session_answers_its_buffered_bytes_and_moves_at_most_twice() {
+        let mut s = answers(128);
+        let raw = get("/feed/1?size=2") + &get("/feed/3?size=2");
+        let (whole, partial) = raw.split_at(raw.len() - 9);
+        let done = run_offline(&mut s, [whole.as_bytes()]);
+        assert_eq!(bodies(&done), ["[100,101]"]);
+        // Not yet: only one answered; then a partial request in the input.
+        assert_eq!(s.wants_move(), None);
+        let third = get("/feed/1?size=2");
+        let done = run_offline(&mut s, [partial.as_bytes(), &third.as_bytes()[..5]]);
+        assert_eq!(bodies(&done), ["[300,301]"]);
+        assert_eq!(s.wants_move(), Some(()));
+        let carry = s.carry();
+        let endpoint = Rc::new(Endpoint::plain());
+        let mut moved = Session::resume(carry, endpoint, backend(), Limits::DEFAULT, 128, 1 << 20);
+        assert!(moved.has_input(), "the partial request came along");
+        let done = run_offline(&mut moved, [&third.as_bytes()[5..]]);
+        // A new store here (`backend()`): user 1 starts again.
+        assert_eq!(bodies(&done), ["[100,101]"]);
+        run_offline(&mut moved, [get("/feed/5?size=1").as_bytes()]);
+        assert_eq!(moved.wants_move(), Some(()), "the second move");
+        let carry = moved.carry();
+        let endpoint = Rc::new(Endpoint::plain());
+        let mut twice = Session::resume(carry, endpoint, backend(), Limits::DEFAULT, 128, 1 << 20);
+        let raw = get("/feed/1") + &get("/feed/3") + &get("/feed/5");
+        run_offline(&mut twice, [raw.as_bytes()]);
+        assert_eq!(twice.wants_move(), None, "no third move");
+    }
+
+    /// A move that did not happen leaves the session as it was, for good.
+    #[test]
+    fn a_kept_session_goes_on_and_moves_no_more() {
+        let mut s = answers(128);
+        let raw = get("/feed/1?size=1") + &get("/feed/3?size=1");
+        run_offline(&mut s, [raw.as_bytes(), b"GET /feed/1?si"]);
+        let carry = s.carry();
+        s.keep(carry);
+        assert_eq!(s.wants_move(), None);
+        let done = run_offline(&mut s, [&b"ze=1 HTTP/1.1\r\nHost: t\r\n\r\n"[..]]);
+        assert_eq!(bodies(&done), ["[101]"]);
+        run_offline(&mut s, [(get("/feed/1") + &get("/feed/3")).as_bytes()]);
+        assert_eq!(s.wants_move(), None);
     }
 
     fn http_ok(extra: &str) -> String {

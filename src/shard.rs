@@ -12,6 +12,14 @@
 //! reply), `shard/mesh.rs` (creating and connecting the channels), `shard/control.rs`
 //! (gathering every shard's metrics, and the shard's stop announcement).
 //!
+//! Connection moves: a connection whose requests keep going to one other
+//! shard (the policy is in `session.rs`, [`crate::session::MOVE_AFTER`], `--move-after`) is
+//! handed to that shard ([`Shard::hand_off`], `conn.rs` does the socket
+//! side), so that its later requests are local. Here is only where it may
+//! go ([`Backend::home`]) and the channel it travels by, one per ordered
+//! pair of shards, one-way, sent with `try_send` only (full: the
+//! connection stays).
+//!
 //! Why forwarding cannot deadlock: requests are only ever sent with
 //! `try_send` (a full queue answers `503` at once), so a connection task never
 //! waits on a channel. The only task that waits to send is the owner's
@@ -35,6 +43,7 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::{GlommioError, ResourceType};
 
 use crate::cluster::ClusterSeat;
+use crate::conn::Handoff;
 use crate::feed::{Page, Store, Unserved};
 use crate::hash::mix64;
 use crate::journal::{self, FsyncPolicy, Lsn, ShardJournal};
@@ -50,6 +59,8 @@ pub const REQUEST_QUEUE: usize = 1024;
 /// Replies queued back from one peer. Larger than the request queue so that
 /// an owner rarely waits for the origin to drain replies.
 pub const REPLY_QUEUE: usize = 4096;
+/// Connections moving to one peer at once; beyond, a connection stays.
+pub const HANDOFF_QUEUE: usize = 256;
 /// Default forwarded requests awaiting an answer, per shard, before `503`.
 pub const MAX_IN_FLIGHT: usize = 4096;
 /// Page buffers kept for reuse per shard.
@@ -183,6 +194,16 @@ pub struct Shard {
     /// This shard's open connections and their deadlines. The open count
     /// is read from here (no separate gauge to keep in step).
     pub connections: Rc<Registry>,
+    /// `handoffs_to[p]`: connections moving to shard p (`None` for
+    /// ourselves); empty when connections do not move
+    /// (`--no-move-connections`).
+    handoffs_to: Vec<Option<ConnectedSender<Box<Handoff>>>>,
+    /// Feed requests in a row for one other shard's users after which a
+    /// connection moves there (`--move-after`).
+    move_after: u8,
+    /// Connections moving here, until the server takes the channels
+    /// ([`Shard::take_handoffs`]).
+    handoffs_from: RefCell<Vec<ConnectedReceiver<Box<Handoff>>>>,
 }
 
 impl Shard {
@@ -357,6 +378,39 @@ impl Shard {
     pub async fn stop_announced(&self) {
         self.control.stop_announced().await
     }
+
+    /// The shard whose users `user` is one of, if it is another shard of
+    /// this process and connections move.
+    #[inline]
+    fn home(&self, user: u32) -> Option<ShardId> {
+        if self.handoffs_to.is_empty() || self.stopping() {
+            return None;
+        }
+        self.ownership.shard_of(user).filter(|&s| s != self.id)
+    }
+
+    /// Sends a connection to shard `to` (see `conn.rs`); gives it back if
+    /// it cannot go now (the channel is full, or `to` has stopped).
+    pub fn hand_off(&self, to: ShardId, handoff: Box<Handoff>) -> Result<(), Box<Handoff>> {
+        let Some(Some(sender)) = self.handoffs_to.get(to.0) else {
+            return Err(handoff);
+        };
+        match sender.try_send(handoff) {
+            Ok(()) => {
+                self.metrics.borrow_mut().counters.connections_moved += 1;
+                Ok(())
+            }
+            Err(GlommioError::WouldBlock(ResourceType::Channel(h)))
+            | Err(GlommioError::Closed(ResourceType::Channel(h))) => Err(h),
+            Err(_) => unreachable!("try_send fails only as full or closed"),
+        }
+    }
+
+    /// The channels of the connections moving here, once (the server reads
+    /// them, as it accepts connections).
+    pub fn take_handoffs(&self) -> Vec<ConnectedReceiver<Box<Handoff>>> {
+        std::mem::take(&mut self.handoffs_from.borrow_mut())
+    }
 }
 
 /// What a connection asks of a shard.
@@ -386,6 +440,16 @@ impl Backend for Rc<Shard> {
     fn stopping(&self) -> bool {
         Shard::stopping(self)
     }
+
+    type Home = ShardId;
+    #[inline]
+    fn home(&self, user: u32) -> Option<ShardId> {
+        Shard::home(self, user)
+    }
+
+    fn move_after(&self) -> u8 {
+        self.move_after
+    }
 }
 
 /// What a shard starts from.
@@ -402,6 +466,10 @@ pub struct ShardParts {
     pub links: Links,
     /// Where to keep this shard's journal (`--state-dir`), if anywhere.
     pub journal: Option<JournalPlan>,
+    /// Connections move to the shard that owns their user after this many
+    /// feed requests in a row for its users (`--move-after`); 0: never
+    /// (`--no-move-connections`).
+    pub move_after: u8,
 }
 
 /// How a shard opens its journal, on its own executor.
@@ -427,6 +495,13 @@ pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
     };
     let pages = mesh::connect(parts.links.pages).await;
     let control = mesh::connect(parts.links.control).await;
+    // Connected whether or not connections move here: every shard connects
+    // every end, or its peers would wait for it.
+    let (mut handoffs_to, handoffs_from) =
+        mesh::connect_oneway(parts.links.handoffs_to, parts.links.handoffs_from).await;
+    if parts.move_after == 0 {
+        handoffs_to.clear();
+    }
     let shard = Rc::new(Shard {
         id: parts.id,
         ownership: Ownership::new(parts.shards, parts.cluster),
@@ -442,6 +517,9 @@ pub async fn start(parts: ShardParts) -> Result<Rc<Shard>, String> {
         journal,
         replay,
         connections: Rc::new(Registry::default()),
+        handoffs_to,
+        move_after: parts.move_after.max(1),
+        handoffs_from: RefCell::new(handoffs_from.into_iter().flatten().collect()),
     });
     for (requests, replies) in pages.requests_from.into_iter().zip(pages.replies_to) {
         if let (Some(requests), Some(replies)) = (requests, replies) {

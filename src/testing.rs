@@ -12,7 +12,8 @@ use crate::session::{Backend, PageAsk, Pending, Session};
 
 /// A backend serving one store, no other shards. Odd user ids are answered
 /// through the forwarded path (an immediately ready future), so that
-/// staging and ordering are exercised too. `/stats` is `{"shards":[],...}`
+/// staging and ordering are exercised too, and their home is elsewhere
+/// (connection moves). `/stats` is `{"shards":[],...}`
 /// of no shard; `/metrics` is unavailable (a `503`).
 pub struct LocalBackend {
     pub store: RefCell<Store>,
@@ -59,6 +60,12 @@ impl Backend for LocalBackend {
 
     fn stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// Odd users are "elsewhere", as their pages are "forwarded".
+    type Home = ();
+    fn home(&self, user: u32) -> Option<()> {
+        (user % 2 == 1).then_some(())
     }
 }
 

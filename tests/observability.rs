@@ -161,6 +161,7 @@ fn metrics_parse_as_prometheus_text_with_both_shards() {
         "shardfeed_build_info",
         "shardfeed_feed_info",
         "shardfeed_serving",
+        "shardfeed_reloads_total",
         "process_start_time_seconds",
         "process_resident_memory_bytes",
     ];
@@ -180,6 +181,19 @@ fn metrics_parse_as_prometheus_text_with_both_shards() {
     };
     assert_eq!(process("shardfeed_build_info"), 1.0);
     assert_eq!(process("shardfeed_serving"), 1.0);
+    let reloads: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "shardfeed_reloads_total")
+        .map(|s| (s.labels.get("result").unwrap().to_string(), &s.value))
+        .collect();
+    assert_eq!(reloads.len(), 2, "ok and failed: {reloads:?}");
+    for (_, v) in reloads {
+        assert!(
+            matches!(v, prometheus_parse::Value::Counter(c) if *c == 0.0),
+            "{v:?}"
+        );
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -1,14 +1,16 @@
 //! The cross-core channels: for every ordered pair of shards (a, b), one
 //! bounded request channel a -> b and one bounded reply channel b -> a, for
-//! pages and for control messages. Built once before the executors start
-//! (element i of [`make_links`] goes to shard i), connected on each shard.
+//! pages and for control messages, and one one-way channel a -> b for
+//! connections moving to b. Built once before the executors start (element
+//! i of [`make_links`] goes to shard i), connected on each shard.
 
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
 
 use super::control::{ControlReply, ControlRequest, CONTROL_QUEUE};
-use super::{PageReply, PageRequest, REPLY_QUEUE, REQUEST_QUEUE};
+use super::{PageReply, PageRequest, HANDOFF_QUEUE, REPLY_QUEUE, REQUEST_QUEUE};
+use crate::conn::Handoff;
 
 /// One shard's ends of a request/reply mesh, before connecting.
 /// Index = peer shard; `None` at our own index.
@@ -23,18 +25,42 @@ pub struct Duplex<Req: Send, Rep: Send> {
 pub struct Links {
     pub pages: Duplex<PageRequest, PageReply>,
     pub control: Duplex<ControlRequest, ControlReply>,
+    /// Connections moving to each peer, and from each peer.
+    pub handoffs_to: Vec<Option<SharedSender<Box<Handoff>>>>,
+    pub handoffs_from: Vec<Option<SharedReceiver<Box<Handoff>>>>,
 }
 
 /// Creates the channel meshes for `n` shards: element `i` belongs to shard `i`.
 pub fn make_links(n: usize) -> Vec<Links> {
     let mut pages = make_duplex(n, REQUEST_QUEUE, REPLY_QUEUE).into_iter();
+    // A handoff mesh is a duplex's request half: its reply half goes unused.
+    // Boxed: a move is rare, and the channels' slots stay small.
+    let mut handoffs = make_duplex::<Box<Handoff>, ()>(n, HANDOFF_QUEUE, 1).into_iter();
     let control = make_duplex(n, CONTROL_QUEUE, CONTROL_QUEUE).into_iter();
     control
-        .map(|control| Links {
-            pages: pages.next().expect("one per shard"),
-            control,
+        .map(|control| {
+            let handoffs = handoffs.next().expect("one per shard");
+            Links {
+                pages: pages.next().expect("one per shard"),
+                control,
+                handoffs_to: handoffs.requests_to,
+                handoffs_from: handoffs.requests_from,
+            }
         })
         .collect()
+}
+
+/// Connects a one-way mesh's ends (both at once, as [`connect`] does).
+pub(super) async fn connect_oneway<T: Send + 'static>(
+    to: Vec<Option<SharedSender<T>>>,
+    from: Vec<Option<SharedReceiver<T>>>,
+) -> (
+    Vec<Option<ConnectedSender<T>>>,
+    Vec<Option<ConnectedReceiver<T>>>,
+) {
+    let to = connect_senders(to);
+    let from = connect_receivers(from);
+    (join_all(to).await, join_all(from).await)
 }
 
 fn make_duplex<Req: Send, Rep: Send>(
