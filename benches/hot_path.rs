@@ -134,6 +134,16 @@ fn main() {
         start.elapsed().as_secs_f64()
     );
     let pool = load::top_items(&load::count_items(builder.items(), 1_000_000), 50);
+    // The same users as a one-section snapshot, loaded the fast way (items
+    // mapped), for the same pages from a mapping.
+    let snap = std::env::temp_dir().join(format!("hot-path-{}.snap", std::process::id()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&snap).unwrap());
+    shardfeed::snapshot::write(&mut out, 1, std::slice::from_ref(&builder)).unwrap();
+    drop(out);
+    let (mapped, _) =
+        shardfeed::snapshot::load(&snap, shardfeed::shard::ShardId(0), 1, true, |_| true).unwrap();
+    let mut mapped = mapped.build(Pool::new(pool.iter().copied()));
+    assert!(mapped.items_mapped());
     let mut store = builder.build(Pool::new(pool));
     let next_page = |store: &mut shardfeed::feed::Store, name: &str| {
         let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -148,6 +158,9 @@ fn main() {
         })
     };
     next_page(&mut store, "Store::next_page (size 10, random of 1M users)");
+    next_page(&mut mapped, "  the same, items mapped from a snapshot");
     store.journal_progress();
     next_page(&mut store, "  the same, journaled (prefix hash, progress)");
+    drop(mapped);
+    let _ = std::fs::remove_file(&snap);
 }

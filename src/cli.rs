@@ -379,7 +379,7 @@ pub struct ServeArgs {
     pub cpus: Option<String>,
     /// Feed file to serve (TSV, Parquet or snapshot, told by content) instead
     /// of synthetic data; read again on SIGHUP (rename a new file into place,
-    /// then signal).
+    /// then signal: a snapshot is mapped, never rewrite it in place).
     #[arg(long)]
     pub feed: Option<PathBuf>,
     #[command(flatten)]
@@ -663,7 +663,8 @@ impl ServeArgs {
 pub struct PackArgs {
     /// The feed file to convert (TSV or Parquet, told by content).
     pub input: PathBuf,
-    /// The snapshot to write (written beside it as OUTPUT.tmp, then renamed).
+    /// The snapshot to write (written beside it as OUTPUT.tmp, then
+    /// renamed: a server mapping the old OUTPUT keeps reading it intact).
     #[arg(long, short, value_name = "OUTPUT")]
     pub out: PathBuf,
     /// Lay the users out for this many shards: a server with as many
@@ -701,9 +702,8 @@ impl PackArgs {
         }
         let cpus: Vec<usize> = (0..shards).collect();
         let source = Source::File(self.input.clone());
-        let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, |u| {
-            shard::owner_of(u, shards)
-        })?;
+        let placed = shard::Ownership::new(shards, None);
+        let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, &placed)?;
         let version = loaded.first().map_or(0, |l| l.1);
         let builders: Vec<_> = loaded.into_iter().map(|l| l.0).collect();
         let users: usize = builders.iter().map(|b| b.users()).sum();

@@ -11,6 +11,7 @@ use ahash::AHashMap;
 use crate::counters::counters;
 use crate::cursor::{version_tag, Cursor};
 use crate::hash::mix64;
+use crate::mapped::MappedU32s;
 use crate::user_table::{Entry, UserTable};
 
 mod carry;
@@ -95,10 +96,58 @@ impl Pool {
     }
 }
 
+/// Every user's items, one user after another: owned, or borrowed from a
+/// read-only mapping of a snapshot (no copy, no zeroing: the page cache's
+/// own pages). Either way a `&[u32]` ([`Deref`](std::ops::Deref)), never
+/// changed once the store is built; a mapping is unmapped when its `Items`
+/// is dropped, and nothing keeps a pointer into it beyond a borrow.
+#[derive(Debug)]
+pub enum Items {
+    Owned(Vec<u32>),
+    Mapped(MappedU32s),
+}
+
+impl Default for Items {
+    fn default() -> Items {
+        Items::Owned(Vec::new())
+    }
+}
+
+impl Items {
+    /// Whether these items are borrowed from a mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Items::Mapped(_))
+    }
+
+    /// The owned vector to push onto; mapped items are copied into one
+    /// first (builders from a mapping take no users in practice).
+    fn owned_mut(&mut self) -> &mut Vec<u32> {
+        if let Items::Mapped(_) = self {
+            *self = Items::Owned(self.to_vec());
+        }
+        match self {
+            Items::Owned(v) => v,
+            Items::Mapped(_) => unreachable!("copied above"),
+        }
+    }
+}
+
+impl std::ops::Deref for Items {
+    type Target = [u32];
+
+    #[inline]
+    fn deref(&self) -> &[u32] {
+        match self {
+            Items::Owned(v) => v,
+            Items::Mapped(m) => m.as_slice(),
+        }
+    }
+}
+
 /// Accumulates users for a [`Store`]. Items of all users go into one buffer.
 #[derive(Debug, Default)]
 pub struct StoreBuilder {
-    items: Vec<u32>,
+    items: Items,
     users: UserTable,
 }
 
@@ -115,7 +164,7 @@ impl StoreBuilder {
     /// loading never reallocates (and never holds two copies of the items).
     pub fn with_capacity(users: usize, items: usize) -> StoreBuilder {
         StoreBuilder {
-            items: Vec::with_capacity(items),
+            items: Items::Owned(Vec::with_capacity(items)),
             users: UserTable::with_capacity(users),
         }
     }
@@ -127,7 +176,7 @@ impl StoreBuilder {
         list.try_reserve_exact(items)
             .map_err(|_| OutOfMemory(items.saturating_mul(4)))?;
         Ok(StoreBuilder {
-            items: list,
+            items: Items::Owned(list),
             users: UserTable::try_with_capacity(users).map_err(OutOfMemory)?,
         })
     }
@@ -138,14 +187,15 @@ impl StoreBuilder {
         user: u32,
         items: impl IntoIterator<Item = u32>,
     ) -> Result<(), DuplicateUser> {
-        let start = self.items.len();
-        self.items.extend(items);
-        let len = self.items.len() - start;
+        let all = self.items.owned_mut();
+        let start = all.len();
+        all.extend(items);
+        let len = all.len() - start;
         // 2^32 items of one user would be 16 GiB on one line of the feed file.
         debug_assert!(len <= u32::MAX as usize, "a feed is at most 2^32 items");
         let entry = Entry::new(start as u64, len as u32, EMPTY_PREFIX);
         if !self.users.insert(user, entry) {
-            self.items.truncate(start);
+            all.truncate(start);
             return Err(DuplicateUser(user));
         }
         Ok(())
@@ -162,8 +212,8 @@ impl StoreBuilder {
         (&self.users, &self.items)
     }
 
-    /// A builder from a snapshot's user table and items.
-    pub fn from_parts(users: UserTable, items: Vec<u32>) -> StoreBuilder {
+    /// A builder from a snapshot's user table and items (owned or mapped).
+    pub fn from_parts(users: UserTable, items: Items) -> StoreBuilder {
         StoreBuilder { items, users }
     }
 
@@ -241,8 +291,8 @@ pub enum Restored {
 /// shard does.
 #[derive(Debug)]
 pub struct Store {
-    /// Every user's items, one user after another.
-    items: Vec<u32>,
+    /// Every user's items, one user after another (maybe a mapping).
+    items: Items,
     users: UserTable,
     pool: Pool,
     /// Where the next top-up starts in the pool, so that successive pages
@@ -268,6 +318,11 @@ impl Store {
 
     pub fn item_count(&self) -> usize {
         self.items.len()
+    }
+
+    /// Whether the items are borrowed from a mapped snapshot.
+    pub fn items_mapped(&self) -> bool {
+        self.items.is_mapped()
     }
 
     /// Items in the fallback pool.

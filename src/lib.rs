@@ -33,7 +33,8 @@
 //! - [`load`]: feed and fallback files into stores, in parallel per shard;
 //!   [`synthetic`]: the embedded default data set; [`snapshot`]: the
 //!   snapshot format of `shardfeed pack`, mapped by each shard for its own
-//!   users.
+//!   users; [`mapped`]: the read-only file mappings (unmapped on drop)
+//!   that a store's items can live in.
 //! - [`metrics`]: per-shard histograms and counters; `/stats`, `/metrics`
 //!   and the summary. [`histlog`]: the HdrHistogram interval log.
 //! - [`health`]: the process's health for `/healthz` (loading, serving,
@@ -87,6 +88,7 @@ pub mod http;
 pub mod journal;
 pub mod load;
 pub mod log;
+pub mod mapped;
 pub mod metrics;
 pub mod nginx;
 pub mod relayout;

@@ -16,7 +16,7 @@ use ahash::AHashMap;
 
 use crate::decimal::{self, DecimalError};
 use crate::feed::{DuplicateUser, OutOfMemory, Pool, Store, StoreBuilder};
-use crate::shard::ShardId;
+use crate::shard::{Ownership, ShardId};
 use crate::synthetic::{self, Synthetic};
 
 /// Where the feeds come from.
@@ -360,11 +360,11 @@ pub fn load_stores(
     feeds: &Feeds,
     cpus: &[usize],
     pin: bool,
-    shard_of: impl Fn(u32) -> ShardId + Sync,
+    ownership: &Ownership,
 ) -> Result<Vec<Store>, String> {
     let started = std::time::Instant::now();
     let count_for_pool = feeds.fallback.is_none();
-    let (format, loaded) = load_builders(&feeds.source, cpus, pin, count_for_pool, shard_of)?;
+    let (format, loaded) = load_builders(&feeds.source, cpus, pin, count_for_pool, ownership)?;
     let shards = cpus.len();
     let mut builders = Vec::with_capacity(shards);
     let mut merged = ahash::AHashMap::new();
@@ -379,14 +379,15 @@ pub fn load_stores(
 
 /// Every shard's users loaded in parallel (see [`load_stores`]), with the
 /// version and, if `count_for_pool`, each shard's item counts; and the
-/// file's format (`None`: synthetic).
+/// file's format (`None`: synthetic). Shard `i` keeps the users that
+/// `ownership` gives it (none of another cluster instance's).
 #[allow(clippy::type_complexity)]
 pub fn load_builders(
     source: &Source,
     cpus: &[usize],
     pin: bool,
     count_for_pool: bool,
-    shard_of: impl Fn(u32) -> ShardId + Sync,
+    ownership: &Ownership,
 ) -> Result<
     (
         Option<Format>,
@@ -408,24 +409,34 @@ pub fn load_builders(
         }
         Source::File(path) => Some(detect(path).map_err(|e| format!("cannot load feeds: {e}"))?),
     };
+    // Opened once: the loaders share its mapping and checksum verdicts.
+    let snapshot = match (source, format) {
+        (Source::File(path), Some(Format::Snapshot)) => Some(
+            crate::snapshot::Snapshot::open(path).map_err(|e| format!("cannot load feeds: {e}"))?,
+        ),
+        _ => None,
+    };
+    let placed = ownership.placed_by_owner_of(shards);
     let loaded: Vec<Result<(StoreBuilder, u64, _), LoadError>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..shards)
             .map(|i| {
                 let cpu = cpus[i];
-                let shard_of = &shard_of;
+                let snapshot = snapshot.as_ref();
                 scope.spawn(move || {
                     if pin {
                         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     }
-                    let owns = |user| shard_of(user) == ShardId(i);
+                    let owns = |user| ownership.shard_of(user) == Some(ShardId(i));
                     let (builder, version) = match (source, format) {
                         (Source::Synthetic(spec), _) => (
                             synthetic::try_synthetic_store(spec, owns)
                                 .map_err(LoadError::message)?,
                             spec.version(),
                         ),
-                        (Source::File(path), Some(Format::Snapshot)) => {
-                            crate::snapshot::load(path, ShardId(i), shards, owns)?
+                        (Source::File(_), Some(Format::Snapshot)) => {
+                            let snapshot = snapshot.expect("opened above");
+                            let builder = snapshot.load_shard(ShardId(i), shards, placed, owns)?;
+                            (builder, snapshot.version())
                         }
                         (Source::File(path), Some(Format::Parquet)) => {
                             return Err(LoadError::whole(

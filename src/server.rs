@@ -286,9 +286,7 @@ fn launch(
     let recovery = state::recover(config.state.as_ref())?;
     let ownership = shard::Ownership::new(shards, config.cluster.clone());
     // A user of another instance belongs to no shard here.
-    let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, |user| {
-        ownership.shard_of(user).unwrap_or(ShardId(usize::MAX))
-    })?;
+    let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, &ownership)?;
     let state = state::restore(config.state.as_ref(), recovery, &mut stores, &ownership);
     let histogram_log = match &config.histogram_log {
         Some(path) => Some(HistogramLog::create(path, SystemTime::now())?),

@@ -116,6 +116,13 @@ impl Ownership {
         }
     }
 
+    /// Whether users are placed by [`owner_of`]`(user, shards)`, as
+    /// `shardfeed pack --shards` places them (a process alone with that
+    /// many shards): a snapshot's sections are then the shards' stores.
+    pub fn placed_by_owner_of(&self, shards: usize) -> bool {
+        matches!(self, Ownership::Alone { shards: n } if *n == shards)
+    }
+
     /// The shard of this process that owns `user`; `None`: another
     /// instance does. Allocates nothing.
     #[inline]

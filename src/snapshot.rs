@@ -16,20 +16,48 @@
 //!          (`user_table::Entry`, 24 bytes), then `items` u32 item ids
 //! ```
 //!
-//! A server with N shards reads only its own section (one `pread` of the
-//! table, one of the items): no other shard's bytes. With another shard
-//! count every shard reads every section and keeps the users it owns
-//! (correct, slower; the start says so). Every section's CRC is checked
-//! before it is used; the version is the input's (a TSV file's checksum),
-//! so packing a file keeps its users' progress.
+//! A server alone with N shards (not a cluster member) takes each shard's
+//! store from its own section, no other shard's bytes: the user table is
+//! read into fresh memory (one `pread`; progress is written there), the
+//! items are *mapped* read-only (`mapped.rs`): the page cache's pages
+//! serve pages, with no copy and no zeroing of fresh memory, which were
+//! most of a large start. The mapping lives as long as the store (dropped,
+//! e.g. by a reload: unmapped). With another shard count, or as a cluster
+//! member (whose ownership is the cluster file's, not `pack`'s), every
+//! shard maps the whole file, reads every section and copies the users it
+//! owns (correct, slower; the start says so).
+//!
+//! Integrity: every section's CRC32C is checked, over every byte, before
+//! any of it is used (a damaged snapshot fails the start, it never serves
+//! wrong items). Cheaper schemes were weighed and refused: checking later
+//! or in the background would serve unchecked bytes until then; sampling
+//! or a checksum of the header alone misses a flipped item; a cheaper
+//! function would not help, as CRC32C (SSE4.2) runs at the speed of a
+//! plain sum over the same mapping here (both 2-4 GB/s per thread: the
+//! pass is bound by memory, not by the arithmetic). So the check costs one
+//! pass over the section, spread over the loaders: on the fast path each
+//! shard's loader checks its own section, side by side; on the copying
+//! path each section is checked once, by the first loader to reach it
+//! (loader i starts at section i), the others waiting for its verdict.
+//! The pass doubles as mapping every page, so that no page is first
+//! touched on the hot path.
+//!
+//! A mapped file must not change under the server: a snapshot truncated or
+//! rewritten in place raises SIGBUS when a page past its new end is read.
+//! Replace a snapshot by writing a new file and renaming it over the old
+//! (`pack` does; so must a pipeline): the old inode stays intact while
+//! mapped. Only regular files are mapped. The version is the input's (a
+//! TSV file's checksum), so packing a file keeps its users' progress.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use crate::feed::StoreBuilder;
+use crate::feed::{Items, StoreBuilder};
 use crate::load::{out_of_memory, LoadError};
+use crate::mapped::Mapping;
 use crate::shard::ShardId;
 use crate::user_table::{Entry, UserTable};
 
@@ -177,151 +205,290 @@ fn huge_pages(ptr: *mut u8, bytes: usize) {
     }
 }
 
-/// The header and table of a snapshot: its version and sections.
-fn open(path: &Path) -> Result<(File, u64, Vec<Section>), LoadError> {
-    let bad = |m: &str| LoadError::whole(path, format!("not a usable snapshot: {m}"));
-    let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
-    let len = file.metadata().map_err(|e| LoadError::io(path, &e))?.len();
-    let mut header = [0u8; HEADER];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|_| bad("shorter than its header"))?;
-    if &header[..8] != MAGIC {
-        return Err(bad("no snapshot magic"));
-    }
-    if crc32c::crc32c(&header[..44]) != le32(&header, 44) {
-        return Err(bad("header checksum mismatch (damaged file)"));
-    }
-    let format = le32(&header, 8);
-    if format != FORMAT {
-        return Err(bad(&format!(
-            "format {format}, this build reads format {FORMAT}: pack it again with this build"
-        )));
-    }
-    if le32(&header, 40) as usize != ENTRY {
-        return Err(bad("entry size differs from this build's"));
-    }
-    let shards = le32(&header, 12) as usize;
-    if shards == 0 || shards > 4096 {
-        return Err(bad("impossible shard count"));
-    }
-    let version = le64(&header, 16);
-    let mut table = vec![0u8; table_bytes(shards)];
-    file.read_exact_at(&mut table, HEADER as u64)
-        .map_err(|_| bad("cut short in its section table"))?;
-    let end = shards * TABLE_ENTRY;
-    if crc32c::crc32c(&table[..end]) != le32(&table, end) {
-        return Err(bad("section table checksum mismatch (damaged file)"));
-    }
-    let sections: Vec<Section> = (0..shards)
-        .map(|i| {
-            let at = i * TABLE_ENTRY;
-            Section {
-                offset: le64(&table, at),
-                users: le64(&table, at + 8),
-                slots: le64(&table, at + 16),
-                items: le64(&table, at + 24),
-                crc: le32(&table, at + 32),
-            }
-        })
-        .collect();
-    for (i, s) in sections.iter().enumerate() {
-        let fits = s
-            .slots
-            .checked_mul(ENTRY as u64)
-            .and_then(|b| b.checked_add(s.items.checked_mul(4)?))
-            .and_then(|b| b.checked_add(s.offset))
-            .is_some_and(|end| end <= len);
-        if !fits {
+/// An opened snapshot: its header and section table checked, its sections
+/// not yet. Opened once per load and shared by the loader threads (one per
+/// shard), which check each section's checksum once between them.
+#[derive(Debug)]
+pub struct Snapshot {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    version: u64,
+    sections: Vec<Section>,
+    /// The whole file, mapped once for the loaders that read every
+    /// section (another shard count, or a cluster's ownership).
+    whole: OnceLock<Result<Mapping, LoadError>>,
+    /// Each section's checksum verdict, found by the first loader that
+    /// needs it; the others wait for it instead of checking again.
+    checked: Vec<OnceLock<Result<(), LoadError>>>,
+}
+
+impl Snapshot {
+    /// Opens the snapshot at `path` and checks its header and section
+    /// table. The file must be a regular file: its sections are mapped.
+    pub fn open(path: &Path) -> Result<Snapshot, LoadError> {
+        let bad = |m: &str| LoadError::whole(path, format!("not a usable snapshot: {m}"));
+        let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
+        let meta = file.metadata().map_err(|e| LoadError::io(path, &e))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file (snapshots are mapped)"));
+        }
+        let len = meta.len();
+        let mut header = [0u8; HEADER];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|_| bad("shorter than its header"))?;
+        if &header[..8] != MAGIC {
+            return Err(bad("no snapshot magic"));
+        }
+        if crc32c::crc32c(&header[..44]) != le32(&header, 44) {
+            return Err(bad("header checksum mismatch (damaged file)"));
+        }
+        let format = le32(&header, 8);
+        if format != FORMAT {
             return Err(bad(&format!(
-                "section {i} lies beyond the end of the file (cut short?)"
+                "format {format}, this build reads format {FORMAT}: pack it again with this build"
             )));
         }
+        if le32(&header, 40) as usize != ENTRY {
+            return Err(bad("entry size differs from this build's"));
+        }
+        let shards = le32(&header, 12) as usize;
+        if shards == 0 || shards > 4096 {
+            return Err(bad("impossible shard count"));
+        }
+        let version = le64(&header, 16);
+        let mut table = vec![0u8; table_bytes(shards)];
+        file.read_exact_at(&mut table, HEADER as u64)
+            .map_err(|_| bad("cut short in its section table"))?;
+        let end = shards * TABLE_ENTRY;
+        if crc32c::crc32c(&table[..end]) != le32(&table, end) {
+            return Err(bad("section table checksum mismatch (damaged file)"));
+        }
+        let sections: Vec<Section> = (0..shards)
+            .map(|i| {
+                let at = i * TABLE_ENTRY;
+                Section {
+                    offset: le64(&table, at),
+                    users: le64(&table, at + 8),
+                    slots: le64(&table, at + 16),
+                    items: le64(&table, at + 24),
+                    crc: le32(&table, at + 32),
+                }
+            })
+            .collect();
+        for (i, s) in sections.iter().enumerate() {
+            let fits = s
+                .slots
+                .checked_mul(ENTRY as u64)
+                .and_then(|b| b.checked_add(s.items.checked_mul(4)?))
+                .and_then(|b| b.checked_add(s.offset))
+                .is_some_and(|end| end <= len);
+            if !fits || s.offset % 8 != 0 {
+                return Err(bad(&format!(
+                    "section {i} lies beyond the end of the file (cut short?)"
+                )));
+            }
+        }
+        Ok(Snapshot {
+            file,
+            path: path.to_owned(),
+            len,
+            version,
+            checked: sections.iter().map(|_| OnceLock::new()).collect(),
+            sections,
+            whole: OnceLock::new(),
+        })
     }
-    Ok((file, version, sections))
-}
 
-/// Reads one section into a builder, checking its checksum.
-fn read_section(
-    file: &File,
-    path: &Path,
-    i: usize,
-    s: &Section,
-) -> Result<StoreBuilder, LoadError> {
-    let slots: Vec<Entry> = read_vec(file, s.offset, s.slots as usize, path)?;
-    let items: Vec<u32> = read_vec(
-        file,
-        s.offset + s.slots * ENTRY as u64,
-        s.items as usize,
-        path,
-    )?;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(entry_bytes(&slots)), item_bytes(&items));
-    if crc != s.crc {
-        return Err(LoadError::whole(
-            path,
-            format!("not a usable snapshot: section {i} checksum mismatch (damaged file)"),
-        ));
+    /// The feed version the snapshot holds.
+    pub fn version(&self) -> u64 {
+        self.version
     }
-    let n = items.len();
-    let table = UserTable::from_raw_slots(slots, s.users as usize, n).ok_or_else(|| {
+
+    /// Loads shard `shard` of `shards`. `placed`: this server places users
+    /// by `shard::owner_of(user, shards)` (one process, not a cluster
+    /// member), as `pack --shards` did; then, if the counts agree, the
+    /// shard takes its own section whole: the user table read into memory,
+    /// the items mapped. Otherwise it keeps the users that `owns` accepts
+    /// from every section (copied).
+    pub fn load_shard(
+        &self,
+        shard: ShardId,
+        shards: usize,
+        placed: bool,
+        owns: impl Fn(u32) -> bool,
+    ) -> Result<StoreBuilder, LoadError> {
+        if placed && self.sections.len() == shards {
+            return self.own_section(shard.0);
+        }
+        if shard.0 == 0 {
+            let why = if placed {
+                format!(
+                    "packed for {} shards, serving with {shards} (pack with --shards {shards} \
+                     for the mapped fast path)",
+                    self.sections.len()
+                )
+            } else {
+                "a cluster member places users by the cluster file, not as `pack` did".into()
+            };
+            crate::log_line!(
+                "{}: {why}: every shard reads every section and copies its users",
+                self.path.display(),
+            );
+        }
+        self.filtered(shard.0, owns)
+    }
+
+    fn damaged(&self, i: usize, what: &str) -> LoadError {
         LoadError::whole(
-            path,
-            format!("not a usable snapshot: section {i} is inconsistent"),
+            &self.path,
+            format!("not a usable snapshot: section {i} {what}"),
         )
-    })?;
-    Ok(StoreBuilder::from_parts(table, items))
+    }
+
+    /// Section `i` as a shard's store: its user table read into fresh
+    /// memory (progress is written there on every page, so it must be
+    /// private, writable and present: a copy-on-write mapping would take a
+    /// fault and a 4 KiB copy on the hot path at the first progress of each
+    /// page of users; 3.5 M slots are 86 MB, a few percent of a section, so
+    /// the copy costs little at start), its items mapped read-only.
+    ///
+    /// The checksum pass reads every page of the mapping, which maps them
+    /// all (the kernel maps a whole large folio, up to 2 MiB, per fault):
+    /// after it no page is first touched on the hot path (0-1 page faults
+    /// in the first 2000 pages after start, measured). `MAP_POPULATE`
+    /// instead was no faster (5M users loaded in a median 2.64 s against
+    /// 2.14 s, ranges overlapping on a loaded host; record in
+    /// benches/runs/2026-12-02-vm/snapshot-start.txt): populating inside
+    /// `mmap` holds the address space's lock, so the second loader's
+    /// `mmap` waited for the first's; faults from the checksum pass take
+    /// only the mapping's own lock.
+    fn own_section(&self, i: usize) -> Result<StoreBuilder, LoadError> {
+        let s = &self.sections[i];
+        let path = &self.path;
+        let slots: Vec<Entry> = read_vec(&self.file, s.offset, s.slots as usize, path)?;
+        let at = s.offset + s.slots * ENTRY as u64;
+        let map = Mapping::new(&self.file, at, s.items as usize * 4)
+            .map_err(|e| LoadError::whole(path, format!("cannot map the snapshot: {e}")))?;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(entry_bytes(&slots)), map.bytes());
+        if crc != s.crc {
+            return Err(self.damaged(i, "checksum mismatch (damaged file)"));
+        }
+        let items = map
+            .into_u32s()
+            .map_err(|_| self.damaged(i, "is not aligned"))?;
+        let table = UserTable::from_raw_slots(slots, s.users as usize, s.items as usize)
+            .ok_or_else(|| self.damaged(i, "is inconsistent"))?;
+        Ok(StoreBuilder::from_parts(table, Items::Mapped(items)))
+    }
+
+    /// The whole file, mapped once (page tables filled as the checksums
+    /// read it).
+    fn whole(&self) -> Result<&Mapping, LoadError> {
+        self.whole
+            .get_or_init(|| {
+                Mapping::new(&self.file, 0, self.len as usize).map_err(|e| {
+                    LoadError::whole(&self.path, format!("cannot map the snapshot: {e}"))
+                })
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Section `i`'s slots and items, checked: the checksum once for all
+    /// loaders, and every slot's items inside the section.
+    fn section<'a>(
+        &self,
+        whole: &'a Mapping,
+        i: usize,
+    ) -> Result<(&'a [Entry], &'a [u32]), LoadError> {
+        let s = &self.sections[i];
+        let at = s.offset as usize;
+        let slot_bytes = s.slots as usize * ENTRY;
+        let bytes = &whole.bytes()[at..at + s.bytes() as usize];
+        self.checked[i]
+            .get_or_init(|| {
+                (crc32c::crc32c(bytes) == s.crc)
+                    .then_some(())
+                    .ok_or_else(|| self.damaged(i, "checksum mismatch (damaged file)"))
+            })
+            .clone()?;
+        // SAFETY: `Entry` is `repr(C)` integers (valid for every bit
+        // pattern) and u32s are plain bytes; `align_to` hands out only the
+        // aligned middle, checked to be all of it below.
+        let (head, slots, tail) = unsafe { bytes[..slot_bytes].align_to::<Entry>() };
+        let (ihead, items, itail) = unsafe { bytes[slot_bytes..].align_to::<u32>() };
+        if !(head.is_empty() && tail.is_empty() && ihead.is_empty() && itail.is_empty()) {
+            return Err(self.damaged(i, "is not aligned"));
+        }
+        let inside = |e: &Entry| {
+            e.start
+                .checked_add(e.len as u64)
+                .is_some_and(|end| end <= s.items)
+        };
+        if !slots.iter().all(|e| e.occupant().is_none() || inside(e)) {
+            return Err(self.damaged(i, "is inconsistent"));
+        }
+        Ok((slots, items))
+    }
+
+    /// The users `owns` accepts from every section, copied into a fresh
+    /// store. Loader `first` checks the sections from its own index on,
+    /// so that N loaders check N sections side by side.
+    fn filtered(
+        &self,
+        first: usize,
+        owns: impl Fn(u32) -> bool,
+    ) -> Result<StoreBuilder, LoadError> {
+        let whole = self.whole()?;
+        let n = self.sections.len();
+        let mut parts = Vec::with_capacity(n);
+        for k in 0..n {
+            let i = (first + k) % n;
+            parts.push(self.section(whole, i)?);
+        }
+        let owned = |(slots, _): &(&[Entry], &[u32])| {
+            slots
+                .iter()
+                .filter_map(|e| Some((e.occupant()?, e)))
+                .filter(|&(user, _)| owns(user))
+                .map(|(_, e)| e.len as usize)
+                .fold((0, 0), |(u, i), len| (u + 1, i + len))
+        };
+        let (users, items) = parts
+            .iter()
+            .map(owned)
+            .fold((0, 0), |(u, i), (pu, pi)| (u + pu, i + pi));
+        let mut builder = StoreBuilder::try_with_capacity(users, items)
+            .map_err(|e| LoadError::whole(&self.path, out_of_memory(e, users, items)))?;
+        for (slots, all) in &parts {
+            for (user, e) in slots.iter().filter_map(|e| Some((e.occupant()?, e))) {
+                if owns(user) {
+                    let start = e.start as usize;
+                    builder
+                        .push_user(user, all[start..start + e.len as usize].iter().copied())
+                        .map_err(|d| {
+                            LoadError::whole(&self.path, format!("user {} appears twice", d.0))
+                        })?;
+                }
+            }
+        }
+        Ok(builder)
+    }
 }
 
-/// Loads shard `shard` of `shards` from the snapshot at `path`: its own
-/// section if the snapshot was packed for `shards`, else the users that
-/// `owns` accepts from every section. Returns the builder and the version.
+/// Loads shard `shard` of `shards` from the snapshot at `path` (see
+/// [`Snapshot::load_shard`]). Returns the builder and the version.
 pub fn load(
     path: &Path,
     shard: ShardId,
     shards: usize,
+    placed: bool,
     owns: impl Fn(u32) -> bool,
 ) -> Result<(StoreBuilder, u64), LoadError> {
-    let (file, version, sections) = open(path)?;
-    if sections.len() == shards {
-        let builder = read_section(&file, path, shard.0, &sections[shard.0])?;
-        return Ok((builder, version));
-    }
-    if shard.0 == 0 {
-        crate::log_line!(
-            "{}: packed for {} shards, serving with {shards}: every shard reads every section \
-             (pack with --shards {shards} for the fast path)",
-            path.display(),
-            sections.len()
-        );
-    }
-    let mut parts = Vec::with_capacity(sections.len());
-    for (i, s) in sections.iter().enumerate() {
-        parts.push(read_section(&file, path, i, s)?);
-    }
-    let mut users = 0;
-    let mut items = 0;
-    for p in &parts {
-        let t = p.parts().0;
-        for (user, e) in (0..t.slots()).filter_map(|i| t.at(i)) {
-            if owns(user) {
-                users += 1;
-                items += e.len as usize;
-            }
-        }
-    }
-    let mut builder = StoreBuilder::try_with_capacity(users, items)
-        .map_err(|e| LoadError::whole(path, out_of_memory(e, users, items)))?;
-    for p in &parts {
-        let (t, all) = p.parts();
-        for (user, e) in (0..t.slots()).filter_map(|i| t.at(i)) {
-            if owns(user) {
-                let start = e.start as usize;
-                builder
-                    .push_user(user, all[start..start + e.len as usize].iter().copied())
-                    .map_err(|d| LoadError::whole(path, format!("user {} appears twice", d.0)))?;
-            }
-        }
-    }
-    Ok((builder, version))
+    let snapshot = Snapshot::open(path)?;
+    let builder = snapshot.load_shard(shard, shards, placed, owns)?;
+    Ok((builder, snapshot.version()))
 }
 
 #[cfg(test)]
@@ -358,20 +525,66 @@ mod tests {
     fn loads_back_with_the_same_and_other_shard_counts() {
         let path = file("two.snap", &packed(2));
         let whole = synthetic_store(&SPEC, |_| true).build(Default::default());
-        for shards in [1, 2, 3] {
+        // (shards, placed by owner_of): 2 placed is the mapped fast path;
+        // 2 not placed stands for a cluster member (here with the same
+        // partition, which the loader may not assume).
+        for (shards, placed) in [(1, true), (2, true), (3, true), (2, false)] {
             let mut users = 0;
             for i in 0..shards {
-                let (b, version) =
-                    load(&path, ShardId(i), shards, |u| owner_of(u, shards).0 == i).unwrap();
+                let owns = |u| owner_of(u, shards).0 == i;
+                let (b, version) = load(&path, ShardId(i), shards, placed, owns).unwrap();
                 assert_eq!(version, 0xfeed);
                 let store = b.build(Default::default());
+                assert_eq!(store.items_mapped(), shards == 2 && placed);
                 users += store.users();
-                for u in SPEC.user_ids().filter(|&u| owner_of(u, shards).0 == i) {
+                for u in SPEC.user_ids().filter(|&u| owns(u)) {
                     assert_eq!(store.remaining(u), whole.remaining(u), "user {u}");
                 }
             }
             assert_eq!(users, 500);
         }
+        // A cluster's ownership is not owner_of's: the shards keep exactly
+        // the users it gives them, from every section.
+        let odd = |u: u32, i: usize| (u % 2) as usize == i;
+        for i in 0..2 {
+            let (b, _) = load(&path, ShardId(i), 2, false, |u| odd(u, i)).unwrap();
+            let store = b.build(Default::default());
+            assert_eq!(
+                store.users(),
+                SPEC.user_ids().filter(|&u| odd(u, i)).count()
+            );
+            for u in SPEC.user_ids() {
+                let want = if odd(u, i) { whole.remaining(u) } else { None };
+                assert_eq!(store.remaining(u), want, "user {u}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_mapped_store_pages_like_a_loaded_one_and_unmaps_when_dropped() {
+        let path = file("drop.snap", &packed(2));
+        let pool = || crate::feed::Pool::new([1, 2, 3, 999_999]);
+        let whole = synthetic_store(&SPEC, |u| owner_of(u, 2).0 == 1);
+        let mut loaded = whole.build(pool());
+        let (b, _) = load(&path, ShardId(1), 2, true, |u| owner_of(u, 2).0 == 1).unwrap();
+        let mut mapped = b.build(pool());
+        assert!(mapped.items_mapped());
+        assert!(crate::mapped::is_mapped(&path), "the items are mapped");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..4 {
+            for u in SPEC.user_ids() {
+                let size = 3 + (u as usize + round) % 7;
+                let x = loaded.next_page(u, size, &mut a);
+                let y = mapped.next_page(u, size, &mut b);
+                assert_eq!((x, &a), (y, &b), "user {u}, round {round}");
+            }
+        }
+        assert_eq!(loaded.counters(), mapped.counters());
+        drop(mapped);
+        assert!(
+            !crate::mapped::is_mapped(&path),
+            "dropping the store unmaps"
+        );
     }
 
     #[test]
@@ -411,12 +624,43 @@ mod tests {
         ];
         for (bytes, want) in cases {
             let path = file("bad.snap", &bytes);
-            // Each shard checks the sections it reads: some shard fails.
-            let e = (0..2)
-                .find_map(|i| load(&path, ShardId(i), 2, |_| true).err())
-                .expect("damage found")
-                .to_string();
-            assert!(e.contains(want) && e.contains("bad.snap"), "{want}: {e}");
+            // Each shard checks the sections it reads: some shard fails,
+            // on the mapped path (2 shards) and the copying one (1, 3).
+            for shards in [2, 1, 3] {
+                let e = (0..shards)
+                    .find_map(|i| load(&path, ShardId(i), shards, true, |_| true).err())
+                    .expect("damage found")
+                    .to_string();
+                assert!(e.contains(want) && e.contains("bad.snap"), "{want}: {e}");
+            }
         }
+        // A section whose checksum holds but whose table names items beyond
+        // it (a bug in the writer, say) is refused too, not served.
+        let mut b = good.clone();
+        let (table, offset) = (HEADER, le64(&good, HEADER) as usize);
+        let slot = (0..)
+            .map(|k| offset + k * ENTRY)
+            .find(|&at| le64(&b, at + 8) != u64::MAX)
+            .unwrap();
+        b[slot + 8..slot + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let s = (
+            offset,
+            le64(&good, table + 16) as usize * ENTRY + le64(&good, table + 24) as usize * 4,
+        );
+        let crc = crc32c::crc32c(&b[s.0..s.0 + s.1]);
+        b[table + 32..table + 36].copy_from_slice(&crc.to_le_bytes());
+        let tcrc = crc32c::crc32c(&b[table..table + 2 * TABLE_ENTRY]);
+        b[table + 2 * TABLE_ENTRY..table + 2 * TABLE_ENTRY + 4]
+            .copy_from_slice(&tcrc.to_le_bytes());
+        let path = file("inconsistent.snap", &b);
+        for shards in [2, 1] {
+            let e = load(&path, ShardId(0), shards, true, |_| true)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("section 0 is inconsistent"), "{e}");
+        }
+        // Only regular files are mapped.
+        let e = load(Path::new("/dev/zero"), ShardId(0), 1, true, |_| true).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

@@ -56,6 +56,12 @@ impl Entry {
         }
     }
 
+    /// The user in this slot; `None` for an empty slot (for walking a
+    /// snapshot's slots without building a table).
+    pub fn occupant(&self) -> Option<u32> {
+        (self.start != EMPTY).then_some(self.user)
+    }
+
     /// Where the user's items not yet served are in the store's item array.
     pub fn unserved(&self) -> std::ops::Range<usize> {
         let end = (self.start + self.len as u64) as usize;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,23 +24,6 @@ fn nginx_binary(test: &str) -> Option<PathBuf> {
     }
     skipped(test, "nginx is not installed (apt-get install nginx-light)");
     None
-}
-
-/// A free loopback port `p` such that `p..=p+extra` are all free now.
-fn free_ports(extra: u16) -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p as u32 + extra as u32 > 65_000 {
-            continue;
-        }
-        let rest: Vec<_> = (1..=extra)
-            .map(|i| TcpListener::bind(("127.0.0.1", p + i)))
-            .collect();
-        if rest.iter().all(|r| r.is_ok()) {
-            return p;
-        }
-    }
 }
 
 /// An nginx with a private prefix, stopped (by PID) when dropped.

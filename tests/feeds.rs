@@ -229,6 +229,70 @@ fn a_snapshot_serves_the_same_pages_as_its_tsv() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no users"));
 }
 
+/// A cluster member places users by the cluster file, not as `pack
+/// --shards` did: from a snapshot it serves its own users their feeds
+/// (none of them unknown because the section it read was another
+/// partition's) and nobody else personalized items, as from the TSV.
+#[test]
+fn a_snapshot_serves_a_cluster_member_its_own_users() {
+    let dir = TempDir::new("feeds-cluster-snap");
+    let (feeds, pool) = known_files(&dir);
+    let snap = dir.0.join("feeds.snap");
+    let out = run(&[
+        "pack",
+        path_str(&feeds),
+        "-o",
+        path_str(&snap),
+        "--shards",
+        "2",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let (pa, pb) = (free_ports(2), free_ports(2));
+    let text = format!("a 127.0.0.1:{pa} 2\nb 127.0.0.1:{pb} 2\n");
+    let cluster = dir.file("cluster.txt", &text);
+    let owner = shardfeed::cluster::Cluster::parse(&text).unwrap();
+    let mine: Vec<u32> = (1..=USERS)
+        .filter(|&u| owner.owner(u).instance == 0)
+        .collect();
+    assert!(!mine.is_empty() && mine.len() < USERS as usize);
+    let serve = |feed: &std::path::Path| {
+        let mut s = Spawned::serve(&[
+            "--cluster",
+            path_str(&cluster),
+            "--instance",
+            "a",
+            "--feed",
+            path_str(feed),
+            "--fallback",
+            path_str(&pool),
+            "--no-pin",
+        ]);
+        let addr = s.listening();
+        // Personalized items only: which shard tops a page up with the
+        // pool depends on which shard accepted the connection.
+        let pages: Vec<Vec<u32>> = all_pages(addr)
+            .into_iter()
+            .map(|p| p.into_iter().filter(|i| !POOL.contains(i)).collect())
+            .collect();
+        let stats: serde_json::Value =
+            serde_json::from_str(&get_from(addr, "/stats").body).unwrap();
+        s.signal(libc::SIGTERM);
+        s.wait_exit(std::time::Duration::from_secs(10));
+        (pages, stats["feed"]["users"].as_u64().unwrap())
+    };
+    for feed in [&feeds, &snap] {
+        let (pages, users) = serve(feed);
+        assert_eq!(users, mine.len() as u64, "{feed:?}");
+        for u in 1..=USERS {
+            let want = match mine.contains(&u) {
+                true => feed_of(u).into_iter().take(75).collect(),
+                false => Vec::new(),
+            };
+            assert_eq!(pages[u as usize - 1], want, "user {u} from {feed:?}");
+        }
+    }
+}
+
 fn serve_args(extra: &[&str]) -> std::process::Output {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--shards", "2"];
     args.extend_from_slice(extra);

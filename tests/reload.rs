@@ -379,3 +379,74 @@ fn a_cursor_of_the_old_version_is_ignored_after_a_reload() {
     let again = get_from(f.addr, &format!("/feed/1?size=2&cursor={new}"));
     assert_eq!(again.items(), [23, 24]);
 }
+
+/// The mapped snapshot of the old version: kept intact while it serves
+/// (the new file was renamed over it), unmapped once a reload replaced it.
+#[test]
+fn a_reload_unmaps_the_snapshot_it_replaced() {
+    let dir = TempDir::new("reload-snapshot");
+    let v1: Vec<(u32, Vec<u32>)> = (1..=200)
+        .map(|u| (u, (0..20).map(|i| u * 100 + i).collect()))
+        .collect();
+    let v2: Vec<(u32, Vec<u32>)> = (1..=200)
+        .map(|u| (u, (0..20).map(|i| u * 1000 + i).collect()))
+        .collect();
+    let snap = dir.0.join("feed.snap");
+    let pack = |users: &[(u32, Vec<u32>)], name: &str| {
+        let tsv_path = dir.file(name, &tsv(users));
+        let out = common::run(&[
+            "pack",
+            path_str(&tsv_path),
+            "-o",
+            path_str(&snap),
+            "--shards",
+            "2",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    pack(&v1, "v1.tsv");
+    let pool = dir.file("pool.txt", &lines([7]));
+    let mut server = Spawned::serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--feed",
+        path_str(&snap),
+        "--fallback",
+        path_str(&pool),
+    ]);
+    let addr = server.listening();
+    let maps = || {
+        let text = std::fs::read_to_string(format!("/proc/{}/maps", server.child.id())).unwrap();
+        let name = path_str(&snap).to_string();
+        let mapped = text.lines().filter(|l| l.ends_with(&name)).count();
+        let old = text
+            .lines()
+            .filter(|l| l.ends_with(&format!("{name} (deleted)")))
+            .count();
+        (mapped, old)
+    };
+    assert_eq!(maps(), (2, 0), "each shard maps its own section");
+    let page = |user: u32| get_from(addr, &format!("/feed/{user}?size=2")).items();
+    assert_eq!(page(5), [500, 501]);
+    // A new snapshot renamed over the old one: the old keeps serving.
+    pack(&v2, "v2.tsv");
+    assert_eq!(maps(), (0, 2), "the old inode stays mapped");
+    assert_eq!(page(5), [502, 503]);
+    server.signal(libc::SIGHUP);
+    let started = std::time::Instant::now();
+    while !server.stderr().contains("reload: version") {
+        assert!(started.elapsed() < LIMIT, "no reload: {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Each shard drops the old store after its last request on it.
+    while maps() != (2, 0) {
+        let _ = page(6);
+        assert!(started.elapsed() < LIMIT, "still mapped: {:?}", maps());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(page(5), [5000, 5001], "a new list: from its beginning");
+    server.signal(libc::SIGTERM);
+    server.wait_exit(LIMIT);
+}

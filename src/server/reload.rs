@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::feed::{Carried, Store};
 use crate::health::Health;
 use crate::load::{self, Feeds};
-use crate::shard::{Ownership, Shard, ShardId};
+use crate::shard::{Ownership, Shard};
 
 /// How often a shard looks for a new version.
 const RELOAD_POLL: Duration = Duration::from_millis(20);
@@ -103,10 +103,7 @@ impl Reloader {
     fn reload(&self) {
         let started = Instant::now();
         crate::log_line!("reload: reading the feeds again (the current version serves meanwhile)");
-        let ownership = &self.ownership;
-        let stores = load::load_stores(&self.feeds, &self.cpus, self.pin, |user| {
-            ownership.shard_of(user).unwrap_or(ShardId(usize::MAX))
-        });
+        let stores = load::load_stores(&self.feeds, &self.cpus, self.pin, &self.ownership);
         let stores = match stores {
             Ok(stores) => stores,
             Err(e) => {

@@ -333,6 +333,23 @@ pub fn run_in_shell(prefix: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A free loopback port `p` such that `p..=p+extra` are all free now.
+pub fn free_ports(extra: u16) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p as u32 + extra as u32 > 65_000 {
+            continue;
+        }
+        let rest: Vec<_> = (1..=extra)
+            .map(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)))
+            .collect();
+        if rest.iter().all(|r| r.is_ok()) {
+            return p;
+        }
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
