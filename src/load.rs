@@ -19,6 +19,9 @@ use crate::feed::{DuplicateUser, OutOfMemory, Pool, Store, StoreBuilder};
 use crate::shard::ShardId;
 use crate::synthetic::{self, Synthetic};
 
+mod parquet;
+pub use self::parquet::Columns;
+
 /// Where the feeds come from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -33,6 +36,8 @@ pub struct Feeds {
     /// One item id per line; `None`: the most frequent items of the feeds.
     pub fallback: Option<PathBuf>,
     pub fallback_size: usize,
+    /// Parquet column names (`--user-column`, `--items-column`).
+    pub columns: Columns,
 }
 
 /// Items counted (over all shards, each counting its first users) to find
@@ -105,6 +110,17 @@ pub enum Format {
     Parquet,
     /// shardfeed's own snapshot (`shardfeed pack`).
     Snapshot,
+}
+
+impl Format {
+    /// The format's name, as the start line and errors say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Tsv => "TSV",
+            Format::Parquet => "Parquet",
+            Format::Snapshot => "snapshot",
+        }
+    }
 }
 
 /// Magic bytes of formats that are refused with a hint: compressed files
@@ -364,7 +380,14 @@ pub fn load_stores(
 ) -> Result<Vec<Store>, String> {
     let started = std::time::Instant::now();
     let count_for_pool = feeds.fallback.is_none();
-    let (format, loaded) = load_builders(&feeds.source, cpus, pin, count_for_pool, shard_of)?;
+    let (format, loaded) = load_builders(
+        &feeds.source,
+        &feeds.columns,
+        cpus,
+        pin,
+        count_for_pool,
+        shard_of,
+    )?;
     let shards = cpus.len();
     let mut builders = Vec::with_capacity(shards);
     let mut merged = ahash::AHashMap::new();
@@ -383,6 +406,7 @@ pub fn load_stores(
 #[allow(clippy::type_complexity)]
 pub fn load_builders(
     source: &Source,
+    columns: &Columns,
     cpus: &[usize],
     pin: bool,
     count_for_pool: bool,
@@ -408,6 +432,20 @@ pub fn load_builders(
         }
         Source::File(path) => Some(detect(path).map_err(|e| format!("cannot load feeds: {e}"))?),
     };
+    if let (Some(format), Source::File(path)) = (format, source) {
+        if format != Format::Parquet && columns.given() {
+            return Err(format!(
+                "--user-column and --items-column apply to Parquet feeds only: {} is a {} file",
+                path.display(),
+                format.name()
+            ));
+        }
+        if format == Format::Parquet {
+            let loaded = self::parquet::load(path, columns, cpus, pin, count_for_pool, &shard_of)
+                .map_err(|e| format!("cannot load feeds: {e}"))?;
+            return Ok((Some(format), loaded));
+        }
+    }
     let loaded: Vec<Result<(StoreBuilder, u64, _), LoadError>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..shards)
             .map(|i| {
@@ -426,13 +464,6 @@ pub fn load_builders(
                         ),
                         (Source::File(path), Some(Format::Snapshot)) => {
                             crate::snapshot::load(path, ShardId(i), shards, owns)?
-                        }
-                        (Source::File(path), Some(Format::Parquet)) => {
-                            return Err(LoadError::whole(
-                                path,
-                                "is Parquet, which this build does not read yet: convert it \
-                                 to TSV",
-                            ))
                         }
                         (Source::File(path), _) => load_feed_file(path, owns)?,
                     };
@@ -499,12 +530,7 @@ fn finish(
         ));
     }
     let version = builders.first().map_or(0, |(_, v)| *v);
-    let format = match format {
-        None => "synthetic",
-        Some(Format::Tsv) => "TSV",
-        Some(Format::Parquet) => "Parquet",
-        Some(Format::Snapshot) => "snapshot",
-    };
+    let format = format.map_or("synthetic", Format::name);
     let named = match &feeds.source {
         Source::Synthetic(_) => "synthetic".to_string(),
         Source::File(path) => format!("{} ({format})", path.display()),
