@@ -914,6 +914,243 @@ mod tests {
         );
     }
 
+    use ::parquet::data_type::{Int32Type, Int64Type};
+    use ::parquet::file::properties::WriterProperties;
+    use ::parquet::file::writer::SerializedFileWriter;
+    use ::parquet::schema::parser::parse_message_type;
+
+    /// A row: user (None: null), items (None: a null list; an item None: null).
+    type Row = (Option<i64>, Option<Vec<Option<i64>>>);
+
+    /// Writes `groups` as row groups of a file with `schema`, whose first
+    /// column is the user (INT64) and whose second is the item list (its
+    /// leaf INT64, or INT32 with `int32`); definition levels as the
+    /// schema's optional/repeated nodes ask (`item_def`, `slot_def`,
+    /// `user_def`, as [`Layout`] reads them).
+    fn write_file(
+        name: &str,
+        schema: &str,
+        levels: (i16, i16, i16),
+        int32: bool,
+        groups: &[Vec<Row>],
+    ) -> std::path::PathBuf {
+        let (user_def, slot_def, item_def) = levels;
+        let dir = std::env::temp_dir().join(format!("shardfeed-pq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let schema = Arc::new(parse_message_type(schema).unwrap());
+        let props = Arc::new(WriterProperties::builder().build());
+        let mut w = SerializedFileWriter::new(File::create(&path).unwrap(), schema, props).unwrap();
+        for rows in groups {
+            let mut rg = w.next_row_group().unwrap();
+            // The user column.
+            let mut col = rg.next_column().unwrap().unwrap();
+            let users: Vec<i64> = rows.iter().filter_map(|r| r.0).collect();
+            let defs: Vec<i16> = rows.iter().map(|r| i16::from(r.0.is_some())).collect();
+            let defs = (user_def > 0).then_some(&defs[..]);
+            col.typed::<Int64Type>()
+                .write_batch(&users, defs, None)
+                .unwrap();
+            col.close().unwrap();
+            // The items column.
+            let (mut values, mut defs, mut reps) = (Vec::new(), Vec::new(), Vec::new());
+            for (_, list) in rows {
+                match list {
+                    None => {
+                        defs.push(slot_def - 2);
+                        reps.push(0);
+                    }
+                    Some(l) if l.is_empty() => {
+                        defs.push(slot_def - 1);
+                        reps.push(0);
+                    }
+                    Some(l) => {
+                        for (i, item) in l.iter().enumerate() {
+                            reps.push(i16::from(i > 0));
+                            match item {
+                                Some(v) => {
+                                    values.push(*v);
+                                    defs.push(item_def);
+                                }
+                                None => defs.push(slot_def),
+                            }
+                        }
+                    }
+                }
+            }
+            let mut col = rg.next_column().unwrap().unwrap();
+            if int32 {
+                let values: Vec<i32> = values.iter().map(|&v| v as i32).collect();
+                col.typed::<Int32Type>()
+                    .write_batch(&values, Some(&defs), Some(&reps))
+                    .unwrap();
+            } else {
+                col.typed::<Int64Type>()
+                    .write_batch(&values, Some(&defs), Some(&reps))
+                    .unwrap();
+            }
+            col.close().unwrap();
+            rg.close().unwrap();
+        }
+        w.close().unwrap();
+        path
+    }
+
+    const LIST: &str = "message m { required int64 user_id; optional group items (LIST) { repeated group list { optional int64 element; } } }";
+
+    fn rows(users: std::ops::Range<i64>) -> Vec<Row> {
+        users
+            .map(|u| {
+                (
+                    Some(u),
+                    Some((0..u % 5).map(|i| Some(u * 100 + i)).collect()),
+                )
+            })
+            .collect()
+    }
+
+    fn load_all(
+        path: &Path,
+        shards: usize,
+        shard_of: impl Fn(u32) -> ShardId + Sync,
+    ) -> Result<Vec<Loaded>, String> {
+        let cpus: Vec<usize> = (0..shards).collect();
+        load(path, &Columns::default(), &cpus, false, true, &shard_of).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn users_go_to_their_shards_from_every_row_group() {
+        let groups = [rows(1..40), rows(40..41), rows(41..100), vec![]];
+        let path = write_file("route.parquet", LIST, (0, 2, 3), false, &groups);
+        for shards in [1, 2, 3] {
+            // Shard `shards` (none here) owns every fourth user: dropped.
+            let owner = move |u: u32| {
+                ShardId(if u.is_multiple_of(4) {
+                    99
+                } else {
+                    u as usize % shards
+                })
+            };
+            let loaded = load_all(&path, shards, owner).unwrap();
+            assert_eq!(loaded.len(), shards);
+            let bytes = std::fs::read(&path).unwrap();
+            let version = ((crc32c::crc32c(&bytes) as u64) << 32) | bytes.len() as u64;
+            for (i, (b, v, counts)) in loaded.into_iter().enumerate() {
+                assert_eq!(v, version, "the version is the file's checksum");
+                assert!(counts.is_some());
+                let store = b.build(Default::default());
+                let mine: Vec<u32> = (1..100).filter(|&u| owner(u).0 == i).collect();
+                assert_eq!(store.users(), mine.len(), "shard {i} of {shards}");
+                for u in mine {
+                    let want: Vec<u32> = (0..u % 5).map(|k| u * 100 + k).collect();
+                    assert_eq!(store.remaining(u), Some(&want[..]), "user {u}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lists_of_every_shape() {
+        // A legacy two-level list of INT32 (`repeated int32 items`), and a
+        // list whose levels are all required: an empty list is a user with
+        // no items; so is a null list.
+        let groups = [vec![
+            (Some(1), Some(vec![Some(5), Some(6)])),
+            (Some(2), Some(vec![])),
+            (Some(3), Some(vec![Some(7)])),
+        ]];
+        let legacy = write_file(
+            "legacy.parquet",
+            "message m { optional int64 user_id; repeated int32 items; }",
+            (1, 1, 1),
+            true,
+            &groups,
+        );
+        let required = write_file(
+            "required.parquet",
+            "message m { required int64 user_id; required group items (LIST) { repeated group list { required int64 element; } } }",
+            (0, 1, 1),
+            false,
+            &groups,
+        );
+        let nulls = [vec![
+            (Some(1), Some(vec![Some(5), Some(6)])),
+            (Some(2), None),
+            (Some(3), Some(vec![Some(7)])),
+        ]];
+        let null_list = write_file("nulllist.parquet", LIST, (0, 2, 3), false, &nulls);
+        for path in [legacy, required, null_list] {
+            let (b, _, _) = load_all(&path, 1, |_| ShardId(0)).unwrap().remove(0);
+            let s = b.build(Default::default());
+            assert_eq!(s.remaining(1), Some(&[5, 6][..]), "{path:?}");
+            assert_eq!(s.remaining(2), Some(&[][..]), "{path:?}");
+            assert_eq!(s.remaining(3), Some(&[7][..]), "{path:?}");
+        }
+    }
+
+    /// File name, schema, levels, row groups, the message wanted.
+    type Case<'a> = (&'a str, &'a str, (i16, i16, i16), Vec<Vec<Row>>, &'a str);
+
+    #[test]
+    fn errors_name_row_group_row_and_column() {
+        let dup = [rows(1..6), rows(6..9), rows(3..4)];
+        let cases: Vec<Case> = vec![
+            ("dup.parquet", LIST, (0, 2, 3), dup.to_vec(), "row group 2, row 0 (row 8 of the file): user 3 appears a second time (first at row group 0, row 2)"),
+            (
+                "nullitem.parquet",
+                LIST,
+                (0, 2, 3),
+                vec![rows(1..4), vec![(Some(9), Some(vec![Some(1), None]))]],
+                "row group 1, row 0 (row 3 of the file): column `items`, item 2: null item",
+            ),
+            (
+                "nulluser.parquet",
+                "message m { optional int64 user_id; optional group items (LIST) { repeated group list { optional int64 element; } } }",
+                (1, 2, 3),
+                vec![vec![(Some(1), Some(vec![])), (None, Some(vec![]))]],
+                "row group 0, row 1 (row 1 of the file): column `user_id`: the user id is null",
+            ),
+            (
+                "large.parquet",
+                LIST,
+                (0, 2, 3),
+                vec![vec![(Some(1), Some(vec![Some(1 << 32)]))]],
+                "row group 0, row 0 (row 0 of the file): column `items`, item 1: 4294967296 is larger than 4294967295",
+            ),
+            (
+                "negative.parquet",
+                LIST,
+                (0, 2, 3),
+                vec![rows(1..3), vec![(Some(-2), Some(vec![]))]],
+                "row group 1, row 0 (row 2 of the file): column `user_id`: user id -2 is negative",
+            ),
+            (
+                "nested.parquet",
+                "message m { required int64 user_id; optional group items (LIST) { repeated group list { required group element (LIST) { repeated int64 x; } } } }",
+                (0, 2, 3),
+                vec![],
+                "column `items` (the item lists) holds lists of lists",
+            ),
+            (
+                "names.parquet",
+                "message m { required int64 uid; optional group recs (LIST) { repeated group list { optional int64 element; } } }",
+                (0, 2, 3),
+                vec![],
+                "has no column `user_id`; its columns: `uid`, `recs`. Name the column with --user-column NAME",
+            ),
+        ];
+        for (name, schema, levels, groups, want) in cases {
+            let path = write_file(name, schema, levels, false, &groups);
+            for shards in [1, 3] {
+                let e = load_all(&path, shards, |u| ShardId(u as usize % shards)).unwrap_err();
+                assert!(
+                    e.contains(name) && e.contains(want),
+                    "{name}, {shards} shards: {e}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn checksum_in_parts_is_the_whole_files() {
         let dir = std::env::temp_dir().join(format!("shardfeed-pq-crc-{}", std::process::id()));
