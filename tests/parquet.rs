@@ -369,6 +369,18 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
             },
             vec!["column `user_id` (the user ids) holds DOUBLE values, not integers"],
         ),
+        (
+            "brotli.parquet",
+            {
+                let mut s = rows(json!([[1, [1]]]));
+                s["compression"] = json!("brotli");
+                s
+            },
+            vec![
+                "brotli.parquet: row group 0: column `user_id` is compressed with BROTLI, \
+                 which this build does not read",
+            ],
+        ),
     ];
     for (name, spec, wanted) in cases {
         let file = write(&dir, name, spec);

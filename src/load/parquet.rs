@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 
-use ::parquet::basic::{ConvertedType, LogicalType, Repetition, Type as Physical};
+use ::parquet::basic::{Compression, ConvertedType, LogicalType, Repetition, Type as Physical};
 use ::parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use ::parquet::data_type::DataType;
 use ::parquet::file::reader::{ChunkReader, FileReader, Length};
@@ -312,6 +312,29 @@ fn layout(reader: &SerializedFileReader<Pread>, columns: &Columns) -> Result<Lay
     })
 }
 
+/// Checks that every chunk of the two columns is compressed with a codec
+/// this build reads (before any is decoded, so the message names it).
+fn codecs(reader: &SerializedFileReader<Pread>, layout: &Layout) -> Result<(), String> {
+    for (g, rg) in reader.metadata().row_groups().iter().enumerate() {
+        for (col, name) in [
+            (layout.user, &layout.user_name),
+            (layout.items, &layout.items_name),
+        ] {
+            let codec = rg.column(col).compression();
+            if matches!(codec, Compression::BROTLI(_) | Compression::LZO) {
+                let codec = format!("{codec:?}");
+                let codec = codec.split('(').next().unwrap_or_default();
+                return Err(format!(
+                    "row group {g}: column `{name}` is compressed with {codec}, which this \
+                     build does not read (it reads snappy, zstd, gzip, lz4, lz4_raw and \
+                     uncompressed): write the file with one of those"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A place in the file: (row group, row in it).
 type Place = (usize, usize);
 
@@ -366,6 +389,7 @@ pub(super) fn load(
     let layout = layout(&reader, columns).map_err(|m| LoadError::whole(path, m))?;
     let meta = reader.metadata();
     let groups = meta.num_row_groups();
+    codecs(&reader, &layout).map_err(|m| LoadError::whole(path, m))?;
     let shards = cpus.len();
 
     // Phase 1's output: every row group's user ids.
