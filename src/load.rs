@@ -1,6 +1,7 @@
 //! Loading feeds into shards' stores: the TSV feed file, the fallback
 //! file, the synthetic default (generated in `synthetic.rs`), and the item
-//! counts that pick the default pool.
+//! counts that pick the default pool. Parquet feeds are read in
+//! `load/parquet.rs`, snapshots in `snapshot.rs`, into the same builders.
 //!
 //! Loading is per shard: every loader takes an `owns` predicate and keeps
 //! only the users it accepts, so shards load in parallel and no shard ever
