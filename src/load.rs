@@ -150,7 +150,8 @@ pub fn detect(path: &Path) -> Result<Format, LoadError> {
             path,
             format!(
                 "is {kind}: feeds are read more than once (sized, then loaded, by every \
-                 shard), so give a regular file (write the pipe's output to a file first)"
+                 shard; Parquet from its end first), so give a regular file (write the \
+                 pipe's output to a file first)"
             ),
         ));
     }
