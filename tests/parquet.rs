@@ -164,6 +164,12 @@ fn parquet_serves_the_same_pages_as_tsv_and_its_snapshot() {
             vec![],
         ),
         (
+            "int32-lz4raw.parquet",
+            json!({"user_type": "int32", "item_type": "int32", "compression": "lz4_raw",
+                   "row_group_size": 11}),
+            vec![],
+        ),
+        (
             "int64-none-one-group.parquet",
             json!({"user_type": "int64", "item_type": "uint16", "compression": "none"}),
             vec![],
