@@ -512,3 +512,91 @@ fn a_cluster_instance_keeps_only_its_users() {
     assert_eq!(users, json!(want));
     assert_eq!((users, pages), users_of(&tsv));
 }
+
+/// SIGHUP reads a new Parquet file renamed into place with the same
+/// column names; one that fails (a negative item) leaves the old version.
+#[test]
+fn a_reload_reads_the_new_parquet_file() {
+    if !have_pyarrow("a_reload_reads_the_new_parquet_file") {
+        return;
+    }
+    let dir = TempDir::new("parquet-reload");
+    let (_, pool) = known_files(&dir);
+    let spec = |rows: Value| {
+        json!({"rows": rows, "user_type": "int64", "item_type": "int64",
+               "user_name": "uid", "items_name": "recs", "row_group_size": 2})
+    };
+    let feed = write(
+        &dir,
+        "feed.parquet",
+        spec(json!([[1, [10, 11, 12]], [2, [20]], [3, [30]]])),
+    );
+    let mut s = Spawned::serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--feed",
+        path_str(&feed),
+        "--fallback",
+        path_str(&pool),
+        "--user-column",
+        "uid",
+        "--items-column",
+        "recs",
+    ]);
+    let addr = s.listening();
+    let page = |u: u32| get_from(addr, &format!("/feed/{u}?size=2")).items();
+    assert_eq!(page(1), [10, 11]);
+    let outcomes = |s: &Spawned| {
+        s.stderr()
+            .lines()
+            .filter(|l| l.contains("reload: version") || l.contains("reload failed"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let reload = |s: &Spawned, n: usize| {
+        s.signal(libc::SIGHUP);
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(l) = outcomes(s).get(n - 1) {
+                return l.clone();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{}",
+                s.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // User 1's new list starts with what they were served: kept (prefix
+    // rule); user 4 is new.
+    let next = write(
+        &dir,
+        "next.parquet",
+        spec(json!([[1, [10, 11, 13]], [2, [21]], [4, [40]]])),
+    );
+    std::fs::rename(&next, &feed).unwrap();
+    let line = reload(&s, 1);
+    assert!(line.contains("reload: version"), "{line}");
+    // (A page past the end of a list is filled from the pool.)
+    assert_eq!(page(1)[0], 13);
+    assert_eq!(page(4)[0], 40);
+    // A bad file: the old version serves on, the failure names the place.
+    let bad = write(
+        &dir,
+        "bad.parquet",
+        spec(json!([[1, [1]], [2, [2]], [5, [-1]]])),
+    );
+    std::fs::rename(&bad, &feed).unwrap();
+    let line = reload(&s, 2);
+    assert!(line.contains("reload failed"), "{line}");
+    assert!(
+        line.contains("feed.parquet: row group 1, row 0") && line.contains("-1 is negative"),
+        "{line}"
+    );
+    assert_eq!(page(2)[0], 21);
+    s.signal(libc::SIGTERM);
+    s.wait_exit(Duration::from_secs(10));
+}
