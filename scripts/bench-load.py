@@ -4,7 +4,9 @@ from exec to the `listening on` line, with the start line's own `loaded in`
 figure and the RSS when listening. Every server is stopped by its PID.
 
     scripts/bench-load.py [--bin target/release/shardfeed] [--rounds 3]
-        [--shards 2] LABEL=FEED ...
+        [--shards 2] LABEL=FEED[@BIN] ...
+
+`@BIN` runs that entry with another binary (A/B of two builds on one feed).
 
 Run it under `flock /work/briefs/bench.lock` on the shared VM; warm the
 page cache first (`cat FEED >/dev/null`) when comparing warm starts.
@@ -22,9 +24,10 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--bin", default="target/release/shardfeed")
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--shards", default="2")
-ap.add_argument("feeds", nargs="+", metavar="LABEL=FEED")
+ap.add_argument("feeds", nargs="+", metavar="LABEL=FEED[@BIN]")
 a = ap.parse_args()
 feeds = [f.split("=", 1) for f in a.feeds]
+feeds = [(label, *(spec.split("@", 1) if "@" in spec else (spec, a.bin))) for label, spec in feeds]
 
 
 def rss_mib(pid):
@@ -35,10 +38,10 @@ def rss_mib(pid):
     return 0.0
 
 
-def one(feed):
+def one(feed, binary):
     started = time.monotonic()
     p = subprocess.Popen(
-        [a.bin, "serve", "--listen", "127.0.0.1:0", "--shards", a.shards, "--feed", feed],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--shards", a.shards, "--feed", feed],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err = []
     t = threading.Thread(target=lambda: err.extend(p.stderr), daemon=True)
@@ -62,11 +65,11 @@ def one(feed):
     return took, loaded, rss
 
 
-results = {label: [] for label, _ in feeds}
+results = {label: [] for label, _, _ in feeds}
 print(f"load average before: {os.getloadavg()}")
 for r in range(a.rounds):
-    for label, feed in feeds:
-        took, loaded, rss = one(feed)
+    for label, feed, binary in feeds:
+        took, loaded, rss = one(feed, binary)
         results[label].append(took)
         print(f"round {r + 1} {label:>24}: listening after {took:6.2f} s "
               f"(start line: loaded in {loaded} s), RSS {rss:7.0f} MiB", flush=True)
