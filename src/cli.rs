@@ -339,6 +339,26 @@ impl SyntheticArgs {
     }
 }
 
+/// The column names of a Parquet feed.
+#[derive(Debug, Args)]
+pub struct ColumnArgs {
+    /// Parquet feeds: the integer column of user ids [default: user_id].
+    #[arg(long, value_name = "NAME")]
+    pub user_column: Option<String>,
+    /// Parquet feeds: the list-of-integers column of item ids [default: items].
+    #[arg(long, value_name = "NAME")]
+    pub items_column: Option<String>,
+}
+
+impl ColumnArgs {
+    fn columns(&self) -> crate::load::Columns {
+        crate::load::Columns {
+            user: self.user_column.clone(),
+            items: self.items_column.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on: IP:PORT (IPv6 in brackets), HOST:PORT (resolved once,
@@ -382,6 +402,8 @@ pub struct ServeArgs {
     /// then signal: a snapshot is mapped, never rewrite it in place).
     #[arg(long)]
     pub feed: Option<PathBuf>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
     #[command(flatten)]
     pub synthetic: SyntheticArgs,
     /// Fallback pool file: one item id per line, in preference order; read
@@ -604,6 +626,13 @@ impl ServeArgs {
                 }
                 Source::File(path.clone())
             }
+            None if self.columns.columns().given() => {
+                return Err(
+                    "--user-column and --items-column name the columns of a Parquet \
+                            --feed: give --feed FILE"
+                        .into(),
+                )
+            }
             None => Source::Synthetic(self.synthetic.spec()?),
         };
         if self
@@ -623,6 +652,7 @@ impl ServeArgs {
                 source,
                 fallback: self.fallback.clone(),
                 fallback_size: self.fallback_size,
+                columns: self.columns.columns(),
             },
             conn_limits: ConnLimits {
                 http: Limits {
@@ -671,6 +701,8 @@ pub struct PackArgs {
     /// shards reads only its own users' bytes [default: all available CPUs].
     #[arg(long)]
     pub shards: Option<usize>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
 }
 
 impl PackArgs {
@@ -703,7 +735,14 @@ impl PackArgs {
         let cpus: Vec<usize> = (0..shards).collect();
         let source = Source::File(self.input.clone());
         let placed = shard::Ownership::new(shards, None);
-        let (_, loaded) = crate::load::load_builders(&source, &cpus, false, false, &placed)?;
+        let (_, loaded) = crate::load::load_builders(
+            &source,
+            &self.columns.columns(),
+            &cpus,
+            false,
+            false,
+            &placed,
+        )?;
         let version = loaded.first().map_or(0, |l| l.1);
         let builders: Vec<_> = loaded.into_iter().map(|l| l.0).collect();
         let users: usize = builders.iter().map(|b| b.users()).sum();

@@ -30,7 +30,8 @@
 //! - [`journal`]: progress that survives restarts: one journal per shard
 //!   and checkpoints under `--state-dir` (files and bytes; no HTTP, no
 //!   store), and the start-up recovery that reads them.
-//! - [`load`]: feed and fallback files into stores, in parallel per shard;
+//! - [`load`]: feed and fallback files into stores, in parallel per shard
+//!   (`load/parquet.rs`: Parquet feeds, by row group on the same threads);
 //!   [`synthetic`]: the embedded default data set; [`snapshot`]: the
 //!   snapshot format of `shardfeed pack`, mapped by each shard for its own
 //!   users; [`mapped`]: the read-only file mappings (unmapped on drop)

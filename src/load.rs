@@ -1,6 +1,7 @@
 //! Loading feeds into shards' stores: the TSV feed file, the fallback
 //! file, the synthetic default (generated in `synthetic.rs`), and the item
-//! counts that pick the default pool.
+//! counts that pick the default pool. Parquet feeds are read in
+//! `load/parquet.rs`, snapshots in `snapshot.rs`, into the same builders.
 //!
 //! Loading is per shard: every loader takes an `owns` predicate and keeps
 //! only the users it accepts, so shards load in parallel and no shard ever
@@ -19,6 +20,9 @@ use crate::feed::{DuplicateUser, OutOfMemory, Pool, Store, StoreBuilder};
 use crate::shard::{Ownership, ShardId};
 use crate::synthetic::{self, Synthetic};
 
+mod parquet;
+pub use self::parquet::Columns;
+
 /// Where the feeds come from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -33,6 +37,8 @@ pub struct Feeds {
     /// One item id per line; `None`: the most frequent items of the feeds.
     pub fallback: Option<PathBuf>,
     pub fallback_size: usize,
+    /// Parquet column names (`--user-column`, `--items-column`).
+    pub columns: Columns,
 }
 
 /// Items counted (over all shards, each counting its first users) to find
@@ -107,6 +113,17 @@ pub enum Format {
     Snapshot,
 }
 
+impl Format {
+    /// The format's name, as the start line and errors say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Tsv => "TSV",
+            Format::Parquet => "Parquet",
+            Format::Snapshot => "snapshot",
+        }
+    }
+}
+
 /// Magic bytes of formats that are refused with a hint: compressed files
 /// (a gzip file is not a TSV whose first line has no tab).
 const COMPRESSED: [(&[u8], &str, &str); 4] = [
@@ -133,7 +150,8 @@ pub fn detect(path: &Path) -> Result<Format, LoadError> {
             path,
             format!(
                 "is {kind}: feeds are read more than once (sized, then loaded, by every \
-                 shard), so give a regular file (write the pipe's output to a file first)"
+                 shard; Parquet from its end first), so give a regular file (write the \
+                 pipe's output to a file first)"
             ),
         ));
     }
@@ -364,7 +382,14 @@ pub fn load_stores(
 ) -> Result<Vec<Store>, String> {
     let started = std::time::Instant::now();
     let count_for_pool = feeds.fallback.is_none();
-    let (format, loaded) = load_builders(&feeds.source, cpus, pin, count_for_pool, ownership)?;
+    let (format, loaded) = load_builders(
+        &feeds.source,
+        &feeds.columns,
+        cpus,
+        pin,
+        count_for_pool,
+        ownership,
+    )?;
     let shards = cpus.len();
     let mut builders = Vec::with_capacity(shards);
     let mut merged = ahash::AHashMap::new();
@@ -384,6 +409,7 @@ pub fn load_stores(
 #[allow(clippy::type_complexity)]
 pub fn load_builders(
     source: &Source,
+    columns: &Columns,
     cpus: &[usize],
     pin: bool,
     count_for_pool: bool,
@@ -409,6 +435,22 @@ pub fn load_builders(
         }
         Source::File(path) => Some(detect(path).map_err(|e| format!("cannot load feeds: {e}"))?),
     };
+    if let (Some(format), Source::File(path)) = (format, source) {
+        if format != Format::Parquet && columns.given() {
+            return Err(format!(
+                "--user-column and --items-column apply to Parquet feeds only: {} is a {} file",
+                path.display(),
+                format.name()
+            ));
+        }
+        if format == Format::Parquet {
+            let loaded = self::parquet::load(path, columns, cpus, pin, count_for_pool, &|user| {
+                ownership.shard_of(user).unwrap_or(ShardId(usize::MAX))
+            })
+            .map_err(|e| format!("cannot load feeds: {e}"))?;
+            return Ok((Some(format), loaded));
+        }
+    }
     // Opened once: the loaders share its mapping and checksum verdicts.
     let snapshot = match (source, format) {
         (Source::File(path), Some(Format::Snapshot)) => Some(
@@ -437,13 +479,6 @@ pub fn load_builders(
                             let snapshot = snapshot.expect("opened above");
                             let builder = snapshot.load_shard(ShardId(i), shards, placed, owns)?;
                             (builder, snapshot.version())
-                        }
-                        (Source::File(path), Some(Format::Parquet)) => {
-                            return Err(LoadError::whole(
-                                path,
-                                "is Parquet, which this build does not read yet: convert it \
-                                 to TSV",
-                            ))
                         }
                         (Source::File(path), _) => load_feed_file(path, owns)?,
                     };
@@ -510,12 +545,7 @@ fn finish(
         ));
     }
     let version = builders.first().map_or(0, |(_, v)| *v);
-    let format = match format {
-        None => "synthetic",
-        Some(Format::Tsv) => "TSV",
-        Some(Format::Parquet) => "Parquet",
-        Some(Format::Snapshot) => "snapshot",
-    };
+    let format = format.map_or("synthetic", Format::name);
     let named = match &feeds.source {
         Source::Synthetic(_) => "synthetic".to_string(),
         Source::File(path) => format!("{} ({format})", path.display()),
