@@ -427,12 +427,25 @@ fn a_reload_unmaps_the_snapshot_it_replaced() {
             .count();
         (mapped, old)
     };
-    assert_eq!(maps(), (2, 0), "each shard maps its own section");
+    // Counted as VMAs: the kernel merges two shards' mappings that happen to
+    // lie next to each other (in memory and in the file) into one, so "at
+    // least one" is all a count can say.
+    let (mapped, old) = maps();
+    assert!(
+        mapped >= 1 && old == 0,
+        "the shards map the file: {:?}",
+        (mapped, old)
+    );
     let page = |user: u32| get_from(addr, &format!("/feed/{user}?size=2")).items();
     assert_eq!(page(5), [500, 501]);
     // A new snapshot renamed over the old one: the old keeps serving.
     pack(&v2, "v2.tsv");
-    assert_eq!(maps(), (0, 2), "the old inode stays mapped");
+    let (mapped, old) = maps();
+    assert!(
+        mapped == 0 && old >= 1,
+        "the old inode stays mapped: {:?}",
+        (mapped, old)
+    );
     assert_eq!(page(5), [502, 503]);
     server.signal(libc::SIGHUP);
     let started = std::time::Instant::now();
@@ -441,7 +454,7 @@ fn a_reload_unmaps_the_snapshot_it_replaced() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Each shard drops the old store after its last request on it.
-    while maps() != (2, 0) {
+    while !matches!(maps(), (mapped, 0) if mapped >= 1) {
         let _ = page(6);
         assert!(started.elapsed() < LIMIT, "still mapped: {:?}", maps());
         std::thread::sleep(Duration::from_millis(10));
