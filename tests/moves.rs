@@ -206,22 +206,6 @@ fn a_moved_connection_keeps_checking_tokens() {
     assert_eq!(total(&s, "connections_moved"), 1);
 }
 
-/// A free loopback port `p` such that `p..=p+extra` are all free now.
-fn free_ports(extra: u16) -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p as u32 + extra as u32 > 65_000 {
-            continue;
-        }
-        let rest: Vec<_> = (1..=extra)
-            .map(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)))
-            .collect();
-        if rest.iter().all(|r| r.is_ok()) {
-            return p;
-        }
-    }
-}
 
 /// As instance `a` of a cluster, reached on shard 0's own port: a user of
 /// shard 1 moves the connection there (no guessing which shard accepted);
@@ -230,7 +214,7 @@ fn free_ports(extra: u16) -> u16 {
 fn in_a_cluster_only_this_instances_other_shard_moves_a_connection() {
     let dir = TempDir::new("moves-cluster");
     let (feeds, pool) = known_files(&dir);
-    let (pa, pb) = (free_ports(2), free_ports(2));
+    let (pa, pb) = (common::free_ports(2), common::free_ports(2));
     let text = format!("a 127.0.0.1:{pa} 2\nb 127.0.0.1:{pb} 2\n");
     let file = dir.file("cluster.txt", &text);
     let cluster = shardfeed::cluster::Cluster::parse(&text).unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -447,22 +447,6 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
     fails_with(out, &["missing.parquet: has no column `items`"]);
 }
 
-/// A free loopback port `p` such that `p..=p+extra` are all free now.
-fn free_ports(extra: u16) -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p as u32 + extra as u32 > 65_000 {
-            continue;
-        }
-        let rest: Vec<_> = (1..=extra)
-            .map(|i| TcpListener::bind(("127.0.0.1", p + i)))
-            .collect();
-        if rest.iter().all(|r| r.is_ok()) {
-            return p;
-        }
-    }
-}
 
 /// A cluster instance loads only its own users from a Parquet file, as
 /// from TSV.
@@ -478,8 +462,8 @@ fn a_cluster_instance_keeps_only_its_users() {
     let file = write(&dir, "feeds.parquet", spec);
     let text = format!(
         "a 127.0.0.1:{} 2\nb 127.0.0.1:{} 2\n",
-        free_ports(2),
-        free_ports(2)
+        common::free_ports(2),
+        common::free_ports(2)
     );
     let cluster = dir.file("cluster.txt", &text);
     let owner = shardfeed::cluster::Cluster::parse(&text).unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,28 +14,12 @@ use common::*;
 use shardfeed::cluster::Cluster;
 use shardfeed::journal::{self, Progress};
 
-/// A free loopback port `p` such that `p..=p+extra` are all free now.
-fn free_ports(extra: u16) -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p as u32 + extra as u32 > 65_000 {
-            continue;
-        }
-        let rest: Vec<_> = (1..=extra)
-            .map(|i| TcpListener::bind(("127.0.0.1", p + i)))
-            .collect();
-        if rest.iter().all(|r| r.is_ok()) {
-            return p;
-        }
-    }
-}
 
 /// A cluster file of `(name, shards)` on fresh loopback ports.
 fn cluster_file(dir: &TempDir, file: &str, layout: &[(&str, usize)]) -> (PathBuf, Cluster) {
     let mut text = String::from("# test cluster\n");
     for (name, shards) in layout {
-        let port = free_ports(*shards as u16);
+        let port = common::free_ports(*shards as u16);
         text.push_str(&format!("{name} 127.0.0.1:{port} {shards}\n"));
     }
     (dir.file(file, &text), Cluster::parse(&text).unwrap())
