@@ -206,7 +206,6 @@ fn a_moved_connection_keeps_checking_tokens() {
     assert_eq!(total(&s, "connections_moved"), 1);
 }
 
-
 /// As instance `a` of a cluster, reached on shard 0's own port: a user of
 /// shard 1 moves the connection there (no guessing which shard accepted);
 /// users of instance `b` get degraded pages and never move it.

@@ -447,7 +447,6 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
     fails_with(out, &["missing.parquet: has no column `items`"]);
 }
 
-
 /// A cluster instance loads only its own users from a Parquet file, as
 /// from TSV.
 #[test]

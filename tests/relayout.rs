@@ -14,7 +14,6 @@ use common::*;
 use shardfeed::cluster::Cluster;
 use shardfeed::journal::{self, Progress};
 
-
 /// A cluster file of `(name, shards)` on fresh loopback ports.
 fn cluster_file(dir: &TempDir, file: &str, layout: &[(&str, usize)]) -> (PathBuf, Cluster) {
     let mut text = String::from("# test cluster\n");

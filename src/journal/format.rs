@@ -802,6 +802,24 @@ pub fn build_segment(header: &FileHeader, batches: &[&[Progress]], seal: bool) -
     out
 }
 
+/// A checkpoint's entries cut into records sectors as every writer of
+/// checkpoints cuts them: at most `PER_SECTOR` each, and one feed version
+/// each (a sector names its version once). Yields `(version, entries)`.
+pub fn checkpoint_sectors(entries: &[Progress]) -> impl Iterator<Item = (u64, &[Progress])> {
+    let mut rest = entries;
+    std::iter::from_fn(move || {
+        let v = rest.first()?.version;
+        let n = rest
+            .iter()
+            .take(PER_SECTOR)
+            .take_while(|p| p.version == v)
+            .count();
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some((v, chunk))
+    })
+}
+
 /// Builds a whole checkpoint in memory: header unit, entries in sectors
 /// (split where the version changes), seal, padded to `unit`. For tests,
 /// benchmarks and tools; the writer's `Checkpoint` makes the same layout.
@@ -810,19 +828,11 @@ pub fn build_checkpoint(header: &FileHeader, entries: &[Progress]) -> Vec<u8> {
     let mut out = vec![0u8; unit];
     header.encode(&mut out);
     let mut index = 0u64;
-    let mut rest = entries;
-    while !rest.is_empty() {
-        let v = rest[0].version;
-        let n = rest
-            .iter()
-            .take(PER_SECTOR)
-            .take_while(|p| p.version == v)
-            .count();
+    for (v, chunk) in checkpoint_sectors(entries) {
         let at = out.len();
         out.resize(at + SECTOR, 0);
-        encode_records_sector(&mut out[at..], header.salt, index, v, &rest[..n]);
+        encode_records_sector(&mut out[at..], header.salt, index, v, chunk);
         index += 1;
-        rest = &rest[n..];
     }
     let at = out.len();
     out.resize(at + SECTOR, 0);

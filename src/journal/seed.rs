@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    encode_pad, encode_records_sector, encode_seal, FileHeader, FileKind, FileName, PER_SECTOR,
-    SECTOR,
+    checkpoint_sectors, encode_pad, encode_records_sector, encode_seal, FileHeader, FileKind,
+    FileName, SECTOR,
 };
 use super::writer::{new_salt, now_ms};
 use super::Progress;
@@ -107,19 +107,11 @@ fn write_checkpoint(
     header.encode(&mut buf);
     let mut written = 0u64;
     let mut index = 0u64;
-    let mut rest = entries;
-    while !rest.is_empty() {
-        let v = rest[0].version;
-        let n = rest
-            .iter()
-            .take(PER_SECTOR)
-            .take_while(|p| p.version == v)
-            .count();
+    for (v, chunk) in checkpoint_sectors(entries) {
         let at = buf.len();
         buf.resize(at + SECTOR, 0);
-        encode_records_sector(&mut buf[at..], header.salt, index, v, &rest[..n]);
+        encode_records_sector(&mut buf[at..], header.salt, index, v, chunk);
         index += 1;
-        rest = &rest[n..];
         if buf.len() >= PIECE {
             file.write_all(&buf)?;
             written += buf.len() as u64;
