@@ -148,20 +148,6 @@ fn a_bom_is_ignored_and_the_start_line_and_version_show() {
     s.wait_exit(std::time::Duration::from_secs(10));
 }
 
-/// Every user's pages until their feed is used up, from a server.
-fn all_pages(addr: std::net::SocketAddr) -> Vec<Vec<u32>> {
-    let mut c = Client::connect(addr);
-    (1..=USERS + 2)
-        .map(|u| {
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                got.extend(c.get(&format!("/feed/{u}?size=25")).items());
-            }
-            got
-        })
-        .collect()
-}
-
 #[test]
 fn a_snapshot_serves_the_same_pages_as_its_tsv() {
     let dir = TempDir::new("feeds-pack");
@@ -191,7 +177,7 @@ fn a_snapshot_serves_the_same_pages_as_its_tsv() {
             "--fallback",
             path_str(&pool),
         ]);
-        let pages = all_pages(s.addr);
+        let pages = common::all_pages(s.addr);
         let stats: serde_json::Value = serde_json::from_str(&s.get("/stats").body).unwrap();
         (pages, stats["feed"].clone())
     };
@@ -270,7 +256,7 @@ fn a_snapshot_serves_a_cluster_member_its_own_users() {
         let addr = s.listening();
         // Personalized items only: which shard tops a page up with the
         // pool depends on which shard accepted the connection.
-        let pages: Vec<Vec<u32>> = all_pages(addr)
+        let pages: Vec<Vec<u32>> = common::all_pages(addr)
             .into_iter()
             .map(|p| p.into_iter().filter(|i| !POOL.contains(i)).collect())
             .collect();

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -88,20 +87,6 @@ fn known_rows(null_empty: bool) -> Value {
     json!(rows)
 }
 
-/// Every user's pages until their feed is used up, from a server.
-fn all_pages(addr: SocketAddr) -> Vec<Vec<u32>> {
-    let mut c = Client::connect(addr);
-    (1..=USERS + 2)
-        .map(|u| {
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                got.extend(c.get(&format!("/feed/{u}?size=25")).items());
-            }
-            got
-        })
-        .collect()
-}
-
 /// Pages and the start line of a 2-shard server on `feed`.
 fn serve_pages(feed: &Path, pool: &Path, extra: &[&str]) -> (Vec<Vec<u32>>, String) {
     let mut args = vec![
@@ -118,7 +103,7 @@ fn serve_pages(feed: &Path, pool: &Path, extra: &[&str]) -> (Vec<Vec<u32>>, Stri
     let mut s = Spawned::serve(&args);
     let addr = s.listening();
     let line = s.wait_stderr("loaded in", Duration::from_secs(10));
-    let pages = all_pages(addr);
+    let pages = common::all_pages(addr);
     s.signal(libc::SIGTERM);
     s.wait_exit(Duration::from_secs(10));
     (pages, line)

@@ -494,3 +494,18 @@ pub fn skipped(test: &str, why: &str) {
     );
     let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***\n");
 }
+
+/// Every known user's pages (users 1..=USERS and two unknown ones, 3 pages
+/// of 25 each) from the server at `addr`: enough to use up every feed.
+pub fn all_pages(addr: SocketAddr) -> Vec<Vec<u32>> {
+    let mut c = Client::connect(addr);
+    (1..=USERS + 2)
+        .map(|u| {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.extend(c.get(&format!("/feed/{u}?size=25")).items());
+            }
+            got
+        })
+        .collect()
+}
