@@ -26,7 +26,10 @@
 //! - [`server`]: start-up (bind, load, one executor per shard), supervision,
 //!   drain and shutdown; [`server::start`] is the seam that tests run
 //!   servers through. `server/loading.rs` answers `503 loading` on the
-//!   bound ports while the feeds load.
+//!   bound ports while the feeds load; `server/reload.rs` reads the feeds
+//!   again on `SIGHUP`, and each shard takes its new store between two
+//!   requests (`shard/succession.rs`), carrying its users' progress by the
+//!   prefix rule (`feed/carry.rs`).
 //! - [`journal`]: progress that survives restarts: one journal per shard
 //!   and checkpoints under `--state-dir` (files and bytes; no HTTP, no
 //!   store), and the start-up recovery that reads them.
