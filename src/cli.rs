@@ -681,10 +681,21 @@ impl ServeArgs {
             } else {
                 self.move_after
             },
-            state: self.state_dir.clone().map(|dir| StateConfig {
-                dir,
-                fsync: self.fsync,
-            }),
+            state: match &self.state_dir {
+                // Absolute: glommio opens a relative directory path as a
+                // bad descriptor (the journal could not start).
+                Some(dir) => Some(StateConfig {
+                    dir: std::path::absolute(dir).map_err(|e| {
+                        format!(
+                            "--state-dir {}: cannot make the path absolute ({e}): give an \
+                             absolute path",
+                            dir.display()
+                        )
+                    })?,
+                    fsync: self.fsync,
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -730,6 +741,18 @@ impl PackArgs {
                      write (it is written as OUTPUT.tmp, then renamed over OUTPUT)",
                     self.out.display()
                 ));
+            }
+            // The same file (by device and inode, whatever the paths say):
+            // the snapshot would replace its own input.
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(input) = std::fs::metadata(&self.input) {
+                if (input.dev(), input.ino()) == (meta.dev(), meta.ino()) {
+                    return Err(format!(
+                        "-o {} is the input file itself: the snapshot would replace the \
+                         feed it is made from; write it to another file",
+                        self.out.display()
+                    ));
+                }
             }
         }
         let cpus: Vec<usize> = (0..shards).collect();

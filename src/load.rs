@@ -138,8 +138,10 @@ const COMPRESSED: [(&[u8], &str, &str); 4] = [
 /// it, on every shard), so it must be a regular file: a pipe
 /// (`<(...)`, `/dev/stdin`) would be empty the second time.
 pub fn detect(path: &Path) -> Result<Format, LoadError> {
-    let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
-    let meta = file.metadata().map_err(|e| LoadError::io(path, &e))?;
+    // Looked at before it is opened: opening a named pipe that nobody
+    // writes to blocks until someone does (a start, or a reload, that
+    // never ends).
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, &e))?;
     if !meta.is_file() {
         let kind = if meta.file_type().is_dir() {
             "a directory"
@@ -155,6 +157,7 @@ pub fn detect(path: &Path) -> Result<Format, LoadError> {
             ),
         ));
     }
+    let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
     let mut head = [0u8; 8];
     let mut got = 0;
     let mut reader = &file;
@@ -243,6 +246,16 @@ pub fn load_feed_file(
 /// Reads a fallback pool file: one item id per line, `#` comments and blank
 /// lines ignored. Order is preference order.
 pub fn load_fallback_file(path: &Path) -> Result<Vec<u32>, LoadError> {
+    // As for feeds (see `detect`): a pipe without a writer would block,
+    // and a reload reads the file again.
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, &e))?;
+    if !meta.is_file() {
+        return Err(LoadError::whole(
+            path,
+            "is not a regular file (a pipe, socket, device or directory): the fallback pool \
+             is read again at every reload, so give a regular file",
+        ));
+    }
     let mut items = Vec::new();
     for_each_line(path, false, |no, line| {
         let id = parse_u32(line.trim_ascii()).map_err(|m| LoadError::at(path, no, m))?;
@@ -528,9 +541,14 @@ fn finish(
         Source::File(path) => path.display().to_string(),
     };
     if users == 0 {
+        let hint = match format {
+            Some(Format::Tsv) => " (only comments or blank lines?)",
+            Some(Format::Parquet) => " (no rows)",
+            _ => "",
+        };
         return Err(format!(
-            "cannot load feeds: {what} holds no users (only comments or blank lines?): \
-             a server would serve nothing but the fallback pool to everyone"
+            "cannot load feeds: {what} holds no users{hint}: a server would serve nothing \
+             but the fallback pool to everyone"
         ));
     }
 

@@ -82,6 +82,50 @@ fn a_pipe_is_refused_with_a_reason() {
     fails_with(out, &["/dev/stdin", "not a regular file", "pipe"]);
 }
 
+/// A named pipe nobody writes to, as the feed, the pool or `pack`'s input:
+/// refused at once (opening it would block until a writer came).
+#[test]
+fn a_named_pipe_without_a_writer_is_refused_not_waited_for() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.0.join("feed.fifo");
+    let c = std::ffi::CString::new(path_str(&fifo)).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (feeds, _) = common::known_files(&dir);
+    fails_with(
+        serve(&["--feed", path_str(&fifo)]),
+        &["feed.fifo", "not a regular file"],
+    );
+    fails_with(
+        serve(&["--feed", path_str(&feeds), "--fallback", path_str(&fifo)]),
+        &["feed.fifo", "not a regular file"],
+    );
+    let out = common::run(&[
+        "pack",
+        path_str(&fifo),
+        "-o",
+        path_str(&dir.0.join("x.snap")),
+    ]);
+    fails_with(out, &["feed.fifo", "not a regular file"]);
+}
+
+/// `pack X -o X` (or through another path to the same file) would replace
+/// the feed with its snapshot: refused, the feed untouched.
+#[test]
+fn pack_refuses_to_write_over_its_input() {
+    let dir = TempDir::new("pack-self");
+    let (feeds, _) = common::known_files(&dir);
+    let before = std::fs::read(&feeds).unwrap();
+    let other_path = dir.0.join(".").join("feeds.tsv");
+    for out in [path_str(&feeds), path_str(&other_path)] {
+        fails_with(
+            common::run(&["pack", path_str(&feeds), "-o", out]),
+            &["is the input file itself"],
+        );
+    }
+    assert_eq!(std::fs::read(&feeds).unwrap(), before);
+}
+
 #[test]
 fn synthetic_flags_that_mean_nothing_or_too_much() {
     fails_with(serve(&["--users", "0"]), &["--users must be at least 1"]);

@@ -565,6 +565,31 @@ fn a_reload_reads_the_new_parquet_file() {
         "{line}"
     );
     assert_eq!(page(2)[0], 21);
+    // The pipeline switches to a snapshot at the same path: the column
+    // flags, which name Parquet columns, do not stand in its way.
+    let good = write(
+        &dir,
+        "good.parquet",
+        spec(json!([[1, [10, 11, 13, 14]], [2, [21, 22]], [4, [40]]])),
+    );
+    let snap = dir.0.join("feed.snap");
+    let packed = common::run(&[
+        "pack",
+        path_str(&good),
+        "-o",
+        path_str(&snap),
+        "--shards",
+        "2",
+        "--user-column",
+        "uid",
+        "--items-column",
+        "recs",
+    ]);
+    assert!(packed.status.success(), "{packed:?}");
+    std::fs::rename(&snap, &feed).unwrap();
+    let line = reload(&s, 3);
+    assert!(line.contains("reload: version"), "{line}");
+    assert_eq!(page(2)[0], 22, "user 2 kept their progress");
     s.signal(libc::SIGTERM);
     s.wait_exit(Duration::from_secs(10));
 }

@@ -137,7 +137,7 @@ fn a_reload_serves_the_new_version_by_the_prefix_rule() {
     replace(&f.pool, &lines(800_001..=800_005));
     let line = f.reload(1);
     assert!(
-        line.contains("1 start their new list again") && line.contains("1 are gone"),
+        line.contains("1 start their new list again") && line.contains("1 not in it any more"),
         "{line}"
     );
     assert!(line.contains("2 kept it"), "{line}");
@@ -462,4 +462,90 @@ fn a_reload_unmaps_the_snapshot_it_replaced() {
     assert_eq!(page(5), [5000, 5001], "a new list: from its beginning");
     server.signal(libc::SIGTERM);
     server.wait_exit(LIMIT);
+}
+
+/// A user whose list changed at a reload starts again, and the journal
+/// says so: a restart on the old feed (a rollback) does not bring back
+/// the progress the reload dropped.
+#[test]
+fn a_reset_at_a_reload_is_journaled() {
+    let state = TempDir::new("reload-reset-state");
+    let state_dir = path_str(&state.0).to_string();
+    let v1 = tsv(&[(1, vec![11, 12, 13, 14]), (2, vec![21, 22, 23])]);
+    let f = Fixture::start(
+        "reload-reset",
+        &v1,
+        &lines([90]),
+        &["--state-dir", &state_dir, "--fsync", "always"],
+    );
+    assert_eq!(f.page(1, 2), [11, 12]);
+    assert_eq!(f.page(2, 1), [21]);
+    replace(
+        &f.feed,
+        &tsv(&[(1, vec![19, 11, 12]), (2, vec![21, 22, 23])]),
+    );
+    f.reload(1);
+    let Fixture {
+        _dir,
+        feed,
+        pool,
+        mut server,
+        ..
+    } = f;
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(LIMIT).0.success());
+
+    replace(&feed, &v1);
+    let mut server = Spawned::serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--feed",
+        path_str(&feed),
+        "--fallback",
+        path_str(&pool),
+        "--state-dir",
+        &state_dir,
+    ]);
+    let addr = server.listening();
+    assert_eq!(
+        get_from(addr, "/feed/1?size=1").items(),
+        [11],
+        "reset stays reset"
+    );
+    assert_eq!(
+        get_from(addr, "/feed/2?size=1").items(),
+        [22],
+        "kept stays kept"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(LIMIT).0.success());
+}
+
+/// A server started with a relative `--state-dir` keeps its progress there.
+#[test]
+fn a_relative_state_dir_works() {
+    let dir = TempDir::new("relative-state");
+    let (feeds, pool) = common::known_files(&dir);
+    let start = || {
+        let mut s = Spawned::command(
+            std::process::Command::new(common::BIN)
+                .current_dir(&dir.0)
+                .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"])
+                .args(["--feed", path_str(&feeds), "--fallback", path_str(&pool)])
+                .args(["--state-dir", "state"]),
+        );
+        let addr = s.listening();
+        (s, addr)
+    };
+    let (mut s, addr) = start();
+    assert_eq!(get_from(addr, "/feed/1?size=2").items(), [1000, 1001]);
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_exit(LIMIT).0.success());
+    assert!(dir.0.join("state").join("LOCK").exists());
+    let (mut s, addr) = start();
+    assert_eq!(get_from(addr, "/feed/1?size=1").items(), [1002]);
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_exit(LIMIT).0.success());
 }

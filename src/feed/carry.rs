@@ -80,14 +80,16 @@ impl Store {
     }
 
     /// Carries the users of `old`'s table slots `from..from + max` (see
-    /// [`Store::carry`]); returns where to go on, `None` when every user
-    /// has been seen.
+    /// [`Store::carry`]); appends those who start again to `reset` (a
+    /// journal must record it: its last word on them is the old progress);
+    /// returns where to go on, `None` when every user has been seen.
     pub fn carry_from(
         &mut self,
         old: &mut Store,
         from: usize,
         max: usize,
         tally: &mut Carried,
+        reset: &mut Vec<u32>,
     ) -> Option<usize> {
         let end = (from + max).min(old.users.slots());
         for i in from..end {
@@ -97,6 +99,9 @@ impl Store {
             };
             if let Some(r) = self.carry(old, user) {
                 tally.count(r);
+                if r == Restored::Reset {
+                    reset.push(user);
+                }
             }
         }
         (end < old.users.slots()).then_some(end)
@@ -142,9 +147,10 @@ mod tests {
         ]); // user 3 removed
         new.succeed(&old);
         let mut tally = Carried::default();
+        let mut reset = Vec::new();
         let mut from = Some(0);
         while let Some(at) = from {
-            from = new.carry_from(&mut old, at, 2, &mut tally);
+            from = new.carry_from(&mut old, at, 2, &mut tally, &mut reset);
         }
         assert_eq!(
             tally,
@@ -154,6 +160,7 @@ mod tests {
                 gone: 1
             }
         );
+        assert_eq!(reset, [2], "the one user who starts again");
         assert_eq!(serve(&mut new, 1, 2), [3, 10]);
         assert_eq!(serve(&mut new, 2, 2), [4, 9]);
         assert_eq!(new.served(3), None);
@@ -170,7 +177,10 @@ mod tests {
         assert_eq!(serve(&mut new, 1, 1), [2]);
         assert_eq!(new.carry(&mut old, 1), None);
         let mut tally = Carried::default();
-        assert_eq!(new.carry_from(&mut old, 0, usize::MAX, &mut tally), None);
+        assert_eq!(
+            new.carry_from(&mut old, 0, usize::MAX, &mut tally, &mut Vec::new()),
+            None
+        );
         assert_eq!(tally, Carried::default());
         assert_eq!(new.served(1), Some(2));
     }

@@ -103,7 +103,16 @@ impl Reloader {
     fn reload(&self) {
         let started = Instant::now();
         crate::log_line!("reload: reading the feeds again (the current version serves meanwhile)");
-        let stores = load::load_stores(&self.feeds, &self.cpus, self.pin, &self.ownership);
+        // `--user-column`/`--items-column` name a Parquet file's columns; a
+        // pipeline that switches to a snapshot (or TSV) at the same path
+        // must not need a restart to drop them.
+        let mut feeds = std::borrow::Cow::Borrowed(&self.feeds);
+        if let load::Source::File(path) = &self.feeds.source {
+            if load::detect(path).ok() != Some(load::Format::Parquet) {
+                feeds.to_mut().columns = load::Columns::default();
+            }
+        }
+        let stores = load::load_stores(&feeds, &self.cpus, self.pin, &self.ownership);
         let stores = match stores {
             Ok(stores) => stores,
             Err(e) => {
@@ -129,7 +138,8 @@ impl Reloader {
         self.health.count_reload(true);
         crate::log_line!(
             "reload: version {} serves on every shard, {:.2} s after the signal; users with \
-             progress: {} kept it, {} start their new list again (it changed), {} are gone",
+             progress: {} kept it, {} start their new list again (it changed), {} not in it \
+             any more",
             load::version_id(version),
             started.elapsed().as_secs_f64(),
             carried.kept,

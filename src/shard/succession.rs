@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::Shard;
-use crate::feed::{Carried, Store};
+use crate::feed::{Carried, Restored, Store};
 
 /// Users carried per chunk: ~0.5 ms of work, so a chunk does not show in
 /// the requests' latency.
@@ -47,12 +47,17 @@ impl Shard {
             tally: Carried::default(),
         });
         let mut from = Some(0);
+        let mut reset = Vec::with_capacity(CARRY_CHUNK);
         while let Some(at) = from {
             {
                 let mut store = self.store.borrow_mut();
                 let mut succession = self.succession.borrow_mut();
                 let s = succession.as_mut().expect("a succession in progress");
-                from = store.carry_from(&mut s.old, at, CARRY_CHUNK, &mut s.tally);
+                reset.clear();
+                from = store.carry_from(&mut s.old, at, CARRY_CHUNK, &mut s.tally, &mut reset);
+                for &user in &reset {
+                    self.journal_reset(&store, user);
+                }
             }
             glommio::timer::sleep(BETWEEN_CHUNKS).await;
         }
@@ -69,7 +74,27 @@ impl Shard {
         if let Some(s) = self.succession.borrow_mut().as_mut() {
             if let Some(r) = store.carry(&mut s.old, user) {
                 s.tally.count(r);
+                if r == Restored::Reset {
+                    self.journal_reset(store, user);
+                }
             }
+        }
+    }
+
+    /// Records that `user` starts the new version's list again. Without
+    /// it the journal's last word on them would be their old progress,
+    /// which a restart on the old feed would bring back (a reload back to
+    /// it would not). Kept progress needs no record: it is the same
+    /// either way. Not waited for, under any `--fsync`: no answer depends
+    /// on it.
+    fn journal_reset(&self, store: &Store, user: u32) {
+        if let Some(journal) = &self.journal {
+            journal.append(crate::journal::Progress {
+                user,
+                served: 0,
+                version: store.version(),
+                prefix: crate::feed::EMPTY_PREFIX as u64,
+            });
         }
     }
 
