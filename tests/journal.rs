@@ -374,13 +374,17 @@ fn checkpoint_then_recover_gives_the_same_progress_and_drops_old_segments() {
             "only the segment after the checkpoint: {:?}",
             names(&dir)
         );
-        assert_eq!(
+        // One kept for reuse; a second may be a new segment the writer is
+        // zeroing right now (made as a free file first, renamed once
+        // ready), which a loaded machine can catch in the listing.
+        let free = names(&dir)
+            .iter()
+            .filter(|n| n.starts_with("free-"))
+            .count();
+        assert!(
+            free == 1 || free == 2,
+            "one kept for reuse (two while a segment is made): {:?}",
             names(&dir)
-                .iter()
-                .filter(|n| n.starts_with("free-"))
-                .count(),
-            1,
-            "one kept for reuse"
         );
         for r in &records[15_001 + chunks..] {
             j.append(*r);
