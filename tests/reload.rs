@@ -99,6 +99,15 @@ impl Fixture {
         stats["feed"]["version"].as_str().unwrap().to_string()
     }
 
+    /// A per-shard counter summed over the shards.
+    fn total(&self, name: &str) -> u64 {
+        let text = get_from(self.addr, "/metrics").body;
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
     fn reloads(&self) -> (u64, u64) {
         let text = get_from(self.addr, "/metrics").body;
         let value = |result: &str| {
@@ -125,6 +134,8 @@ fn a_reload_serves_the_new_version_by_the_prefix_rule() {
     assert_eq!(f.page(3, 1), [301]);
     assert_eq!(f.page(4, 2), [401, 402]);
     let before = f.version();
+    let served_before = f.total("shardfeed_personalized_items_total");
+    assert_eq!(served_before, 7);
 
     let v2 = [
         (1, vec![101, 102, 103, 104, 105]), // appended: kept
@@ -143,6 +154,11 @@ fn a_reload_serves_the_new_version_by_the_prefix_rule() {
     assert!(line.contains("2 kept it"), "{line}");
 
     assert_ne!(f.version(), before, "a new version id");
+    assert_eq!(
+        f.total("shardfeed_personalized_items_total"),
+        served_before,
+        "counters go on across a reload (a fall to 0 reads as a restart)"
+    );
     assert_eq!(f.page(1, 3), [103, 104, 105]);
     assert_eq!(f.page(2, 2), [201, 299]);
     // Removed: unknown, fallback items of the new pool only.

@@ -43,11 +43,13 @@ impl Carried {
 
 impl Store {
     /// Prepares this freshly loaded store to replace `old`: keeps a journal's
-    /// prefix hashes if `old` kept them.
+    /// prefix hashes if `old` kept them, and `old`'s counters (they are
+    /// the shard's `_total` series, which must not fall back to zero).
     pub fn succeed(&mut self, old: &Store) {
         if old.journaled {
             self.journal_progress();
         }
+        self.counters = old.counters;
     }
 
     /// Takes `user`'s progress over from `old` (the version this store
@@ -80,8 +82,9 @@ impl Store {
     }
 
     /// Carries the users of `old`'s table slots `from..from + max` (see
-    /// [`Store::carry`]); appends those who start again to `reset` (a
-    /// journal must record it: its last word on them is the old progress);
+    /// [`Store::carry`]); appends those who start again, or are gone, to
+    /// `reset` (a journal must record it: its last word on them is the old
+    /// progress);
     /// returns where to go on, `None` when every user has been seen.
     pub fn carry_from(
         &mut self,
@@ -99,7 +102,7 @@ impl Store {
             };
             if let Some(r) = self.carry(old, user) {
                 tally.count(r);
-                if r == Restored::Reset {
+                if r != Restored::Kept {
                     reset.push(user);
                 }
             }
@@ -160,7 +163,8 @@ mod tests {
                 gone: 1
             }
         );
-        assert_eq!(reset, [2], "the one user who starts again");
+        reset.sort_unstable();
+        assert_eq!(reset, [2, 3], "the user who starts again and the one gone");
         assert_eq!(serve(&mut new, 1, 2), [3, 10]);
         assert_eq!(serve(&mut new, 2, 2), [4, 9]);
         assert_eq!(new.served(3), None);
@@ -206,5 +210,17 @@ mod tests {
         assert_eq!(new.progress(1).unwrap().prefix, hash);
         serve(&mut new, 1, 1);
         assert!(new.take_advanced().is_some(), "a journaled store reports");
+    }
+
+    #[test]
+    fn the_counters_go_on_across_versions() {
+        let mut old = store(&[(1, &[1, 2, 3])]);
+        serve(&mut old, 1, 2);
+        let mut new = store(&[(1, &[1, 2, 3])]);
+        new.succeed(&old);
+        new.carry(&mut old, 1);
+        serve(&mut new, 1, 1);
+        assert_eq!(new.counters().personalized_items, 3);
+        assert_eq!(new.counters().exhausted_users, 1);
     }
 }

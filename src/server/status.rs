@@ -119,7 +119,12 @@ fn status_text(elapsed: Duration, before: &Snapshot, now: &Snapshot) -> String {
     let forwarded = now.counters.forwarded_out - before.counters.forwarded_out;
     let mut interval = now.all();
     let _ = interval.subtract(before.all());
-    let exhausted = now.store.exhausted_users - before.store.exhausted_users;
+    // Saturating: a store's counters survive a reload, but a snapshot taken
+    // across a shard's restart of them must not wrap.
+    let exhausted = now
+        .store
+        .exhausted_users
+        .saturating_sub(before.store.exhausted_users);
     format!(
         "{:.0} feed req/s, {:.1}% forwarded, p99 {} us, {} users exhausted their feed ({} in all)",
         requests as f64 / elapsed.as_secs_f64().max(1e-9),

@@ -74,14 +74,15 @@ impl Shard {
         if let Some(s) = self.succession.borrow_mut().as_mut() {
             if let Some(r) = store.carry(&mut s.old, user) {
                 s.tally.count(r);
-                if r == Restored::Reset {
+                if r != Restored::Kept {
                     self.journal_reset(store, user);
                 }
             }
         }
     }
 
-    /// Records that `user` starts the new version's list again. Without
+    /// Records that `user` starts the new version's list again (or is not
+    /// in it: a restart on the old feed finds them at its start too). Without
     /// it the journal's last word on them would be their old progress,
     /// which a restart on the old feed would bring back (a reload back to
     /// it would not). Kept progress needs no record: it is the same
