@@ -834,16 +834,24 @@ pub fn build_checkpoint(header: &FileHeader, entries: &[Progress]) -> Vec<u8> {
         encode_records_sector(&mut out[at..], header.salt, index, v, chunk);
         index += 1;
     }
+    seal_checkpoint(&mut out, header, index, entries.len() as u64);
+    out
+}
+
+/// Ends a checkpoint whose `sectors` records sectors (holding `entries` in
+/// all) are in `out`: appends the seal, then pad sectors up to a whole
+/// unit of `header`. `out` must start at a unit boundary of the file.
+pub fn seal_checkpoint(out: &mut Vec<u8>, header: &FileHeader, sectors: u64, entries: u64) {
+    let unit = header.unit as usize;
     let at = out.len();
     out.resize(at + SECTOR, 0);
-    encode_seal(&mut out[at..], header.salt, index, entries.len() as u64);
+    encode_seal(&mut out[at..], header.salt, sectors, entries);
     let mut at = out.len();
     out.resize(at.div_ceil(unit) * unit, 0);
     while at < out.len() {
-        encode_pad(&mut out[at..at + SECTOR], header.salt, index);
+        encode_pad(&mut out[at..at + SECTOR], header.salt, sectors);
         at += SECTOR;
     }
-    out
 }
 
 /// Decodes a whole segment held in memory: (header, records with LSN >=

@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    checkpoint_sectors, encode_pad, encode_records_sector, encode_seal, FileHeader, FileKind,
-    FileName, SECTOR,
+    checkpoint_sectors, encode_records_sector, seal_checkpoint, FileHeader, FileKind, FileName,
+    SECTOR,
 };
 use super::writer::{new_salt, now_ms};
 use super::Progress;
@@ -118,17 +118,9 @@ fn write_checkpoint(
             buf.clear();
         }
     }
-    let at = buf.len();
-    buf.resize(at + SECTOR, 0);
-    encode_seal(&mut buf[at..], header.salt, index, entries.len() as u64);
     // The file so far is whole units (PIECE is one), so padding the buffer
     // to a unit pads the file.
-    let mut at = buf.len();
-    buf.resize(at.div_ceil(UNIT) * UNIT, 0);
-    while at < buf.len() {
-        encode_pad(&mut buf[at..at + SECTOR], header.salt, index);
-        at += SECTOR;
-    }
+    seal_checkpoint(&mut buf, header, index, entries.len() as u64);
     file.write_all(&buf)?;
     written += buf.len() as u64;
     file.sync_data()?;
