@@ -236,6 +236,7 @@ impl StoreBuilder {
             on_page: Vec::new(),
             counters: StoreCounters::default(),
             version: 0,
+            tag: version_tag(0),
             journaled: false,
             advanced: None,
         }
@@ -304,6 +305,9 @@ pub struct Store {
     counters: StoreCounters,
     /// Which feed this store holds (0 until [`Store::set_version`]).
     version: u64,
+    /// `version_tag(version)`, which every page's cursor carries: computed
+    /// once, not per page.
+    tag: u32,
     /// Progress is kept on disk: pages hash what they serve and report
     /// where they left the user ([`Store::journal_progress`]).
     journaled: bool,
@@ -342,6 +346,7 @@ impl Store {
     /// Names the feed version this store holds; set once, after loading.
     pub fn set_version(&mut self, version: u64) {
         self.version = version;
+        self.tag = version_tag(version);
     }
 
     /// From now on, every page that moves a user on keeps the hash of the
@@ -447,7 +452,7 @@ impl Store {
     pub fn cursor(&self, user: u32) -> Cursor {
         Cursor {
             user,
-            version: version_tag(self.version),
+            version: self.tag,
             position: self.users.get(user).map_or(0, |e| e.served),
             pool: self.pool_cursor as u32,
         }
@@ -482,7 +487,7 @@ impl Store {
         debug_assert!(at.is_none_or(|c| c.user == user), "a cursor of this user");
         page.clear();
         // Keyed on the version alone: a reload's new store ignores old tokens.
-        let version = version_tag(self.version);
+        let version = self.tag;
         let at = match at {
             Some(c) if c.version == version => Some(c),
             Some(_) => {
