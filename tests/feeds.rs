@@ -6,16 +6,6 @@ mod common;
 
 use common::*;
 
-fn fails_with(out: std::process::Output, wanted: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    for w in wanted {
-        assert!(stderr.contains(w), "expected {w:?} in {stderr:?}");
-    }
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
-}
-
 fn serve(extra: &[&str]) -> std::process::Output {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--shards", "1"];
     args.extend_from_slice(extra);
@@ -26,40 +16,40 @@ fn serve(extra: &[&str]) -> std::process::Output {
 fn bad_inputs_fail_with_file_and_place() {
     let dir = TempDir::new("feeds-bad");
     let empty = dir.file("empty.tsv", "");
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&empty)]),
         &["empty.tsv", "holds no users"],
     );
     let comments = dir.file("comments.tsv", "# nothing\n\n");
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&comments)]),
         &["comments.tsv", "holds no users"],
     );
     let no_items = dir.file("noitems.tsv", "1\t\n2\t\n");
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&no_items)]),
         &["noitems.tsv", "every page would be empty"],
     );
     let gz = dir.0.join("feeds.tsv");
     std::fs::write(&gz, b"\x1f\x8b\x08\x00\x00\x00\x00\x00junk").unwrap();
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&gz)]),
         &["feeds.tsv", "gzip-compressed", "gunzip"],
     );
     let zst = dir.0.join("feeds.zst");
     std::fs::write(&zst, b"\x28\xb5\x2f\xfdjunk").unwrap();
-    fails_with(serve(&["--feed", path_str(&zst)]), &["zstd-compressed"]);
+    common::fails_with(serve(&["--feed", path_str(&zst)]), &["zstd-compressed"]);
     let binary = dir.0.join("bin");
     std::fs::write(&binary, b"\x7fELF\x02\x01\x01\x00").unwrap();
-    fails_with(serve(&["--feed", path_str(&binary)]), &["binary data"]);
-    fails_with(
+    common::fails_with(serve(&["--feed", path_str(&binary)]), &["binary data"]);
+    common::fails_with(
         serve(&["--feed", path_str(&dir.0)]),
         &["is a directory", "regular file"],
     );
     // A BOM is accepted at the start; elsewhere a stray byte is shown escaped.
     let stray = dir.0.join("stray.tsv");
     std::fs::write(&stray, "1\t1\n\u{feff}2\t3\n").unwrap();
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&stray)]),
         &["stray.tsv:2: user id: `\\xef\\xbb\\xbf2` is not a decimal number"],
     );
@@ -79,7 +69,7 @@ fn a_pipe_is_refused_with_a_reason() {
             "/dev/stdin",
         ],
     );
-    fails_with(out, &["/dev/stdin", "not a regular file", "pipe"]);
+    common::fails_with(out, &["/dev/stdin", "not a regular file", "pipe"]);
 }
 
 /// A named pipe nobody writes to, as the feed, the pool or `pack`'s input:
@@ -92,11 +82,11 @@ fn a_named_pipe_without_a_writer_is_refused_not_waited_for() {
     // SAFETY: mkfifo on a NUL-terminated path we own.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let (feeds, _) = common::known_files(&dir);
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&fifo)]),
         &["feed.fifo", "not a regular file"],
     );
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&feeds), "--fallback", path_str(&fifo)]),
         &["feed.fifo", "not a regular file"],
     );
@@ -106,7 +96,7 @@ fn a_named_pipe_without_a_writer_is_refused_not_waited_for() {
         "-o",
         path_str(&dir.0.join("x.snap")),
     ]);
-    fails_with(out, &["feed.fifo", "not a regular file"]);
+    common::fails_with(out, &["feed.fifo", "not a regular file"]);
 }
 
 /// `pack X -o X` (or through another path to the same file) would replace
@@ -118,7 +108,7 @@ fn pack_refuses_to_write_over_its_input() {
     let before = std::fs::read(&feeds).unwrap();
     let other_path = dir.0.join(".").join("feeds.tsv");
     for out in [path_str(&feeds), path_str(&other_path)] {
-        fails_with(
+        common::fails_with(
             common::run(&["pack", path_str(&feeds), "-o", out]),
             &["is the input file itself"],
         );
@@ -128,12 +118,12 @@ fn pack_refuses_to_write_over_its_input() {
 
 #[test]
 fn synthetic_flags_that_mean_nothing_or_too_much() {
-    fails_with(serve(&["--users", "0"]), &["--users must be at least 1"]);
-    fails_with(
+    common::fails_with(serve(&["--users", "0"]), &["--users must be at least 1"]);
+    common::fails_with(
         serve(&["--feed-len", "0"]),
         &["--feed-len must be at least 1"],
     );
-    fails_with(
+    common::fails_with(
         serve(&["--users", "200000000"]),
         &[
             "200000000 synthetic users x 200 items needs about",
@@ -142,7 +132,7 @@ fn synthetic_flags_that_mean_nothing_or_too_much() {
     );
     let dir = TempDir::new("feeds-flags");
     let (feeds, _) = known_files(&dir);
-    fails_with(
+    common::fails_with(
         serve(&["--feed", path_str(&feeds), "--users", "5", "--seed", "1"]),
         &["--users, --seed describe the synthetic feeds, which --feed replaces"],
     );
@@ -243,7 +233,7 @@ fn a_snapshot_serves_the_same_pages_as_its_tsv() {
     bytes[n - 5] ^= 0x40;
     let bad = dir.0.join("damaged.snap");
     std::fs::write(&bad, &bytes).unwrap();
-    fails_with(
+    common::fails_with(
         serve_args(&["--feed", path_str(&bad)]),
         &["damaged.snap", "checksum mismatch"],
     );

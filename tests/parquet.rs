@@ -205,16 +205,6 @@ fn parquet_serves_the_same_pages_as_tsv_and_its_snapshot() {
     );
 }
 
-fn fails_with(out: Output, wanted: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    for w in wanted {
-        assert!(stderr.contains(w), "expected {w:?} in {stderr:?}");
-    }
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
-}
-
 fn serve(feed: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "serve",
@@ -377,7 +367,7 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
         let file = write(&dir, name, spec);
         let mut wanted = wanted;
         wanted.push("cannot load feeds");
-        fails_with(serve(&file, &[]), &wanted);
+        common::fails_with(serve(&file, &[]), &wanted);
     }
 
     // Cut short: the footer is missing.
@@ -385,7 +375,7 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.0.join("cut.parquet");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(
+    common::fails_with(
         serve(&cut, &[]),
         &["cut.parquet: starts as Parquet but does not end with `PAR1`: cut short"],
     );
@@ -398,7 +388,7 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
     }
     let bad = dir.0.join("damaged.parquet");
     std::fs::write(&bad, &damaged).unwrap();
-    fails_with(
+    common::fails_with(
         serve(&bad, &[]),
         &["damaged.parquet: is not a readable Parquet file"],
     );
@@ -407,17 +397,17 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
         &format!("cat '{}' |", path_str(&good)),
         &["serve", "--listen", "127.0.0.1:0", "--feed", "/dev/stdin"],
     );
-    fails_with(out, &["/dev/stdin", "not a regular file", "pipe"]);
+    common::fails_with(out, &["/dev/stdin", "not a regular file", "pipe"]);
     // Renaming columns means nothing for TSV or synthetic feeds.
     let tsv = dir.file("feeds.tsv", "1\t1,2\n");
-    fails_with(
+    common::fails_with(
         serve(&tsv, &["--user-column", "uid"]),
         &[
             "--user-column and --items-column apply to Parquet feeds only",
             "feeds.tsv is a TSV file",
         ],
     );
-    fails_with(
+    common::fails_with(
         run(&["serve", "--listen", "127.0.0.1:0", "--items-column", "recs"]),
         &["name the columns of a Parquet --feed"],
     );
@@ -429,7 +419,7 @@ fn bad_parquet_files_fail_naming_file_place_and_column() {
         "-o",
         path_str(&dir.0.join("x.snap")),
     ]);
-    fails_with(out, &["missing.parquet: has no column `items`"]);
+    common::fails_with(out, &["missing.parquet: has no column `items`"]);
 }
 
 /// A cluster instance loads only its own users from a Parquet file, as

@@ -509,3 +509,15 @@ pub fn all_pages(addr: SocketAddr) -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// Asserts that a command failed saying each of `wanted` on stderr, without
+/// a panic and with nothing on stdout (where `listening on` would go).
+pub fn fails_with(out: Output, wanted: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    for w in wanted {
+        assert!(stderr.contains(w), "expected {w:?} in {stderr:?}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+}
