@@ -681,21 +681,10 @@ impl ServeArgs {
             } else {
                 self.move_after
             },
-            state: match &self.state_dir {
-                // Absolute: glommio opens a relative directory path as a
-                // bad descriptor (the journal could not start).
-                Some(dir) => Some(StateConfig {
-                    dir: std::path::absolute(dir).map_err(|e| {
-                        format!(
-                            "--state-dir {}: cannot make the path absolute ({e}): give an \
-                             absolute path",
-                            dir.display()
-                        )
-                    })?,
-                    fsync: self.fsync,
-                }),
-                None => None,
-            },
+            state: self.state_dir.clone().map(|dir| StateConfig {
+                dir,
+                fsync: self.fsync,
+            }),
         })
     }
 }

@@ -358,6 +358,11 @@ impl ShardJournal {
                     .into(),
             );
         }
+        // Absolute: glommio opens a relative directory path as a bad
+        // descriptor, and every later path of this journal (segments,
+        // checkpoints) is made from this one.
+        let dir = &std::path::absolute(dir)
+            .map_err(|e| format!("cannot open --state-dir {}: {e}", dir.display()))?;
         let directory = Directory::open(dir)
             .await
             .map_err(|e| format!("cannot open --state-dir {}: {e}", dir.display()))?;
