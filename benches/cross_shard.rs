@@ -129,7 +129,7 @@ fn main() {
                         let user = take(&remote, k * batch + j);
                         match me.page(ask(user), Instant::now()) {
                             Pending::Forwarded(ticket) => tickets.push(ticket),
-                            Pending::Ready(_) => panic!("a forwarded page"),
+                            Pending::Ready(_) | Pending::Durable(_) => panic!("a forwarded page"),
                         }
                     }
                     for ticket in tickets.drain(..) {

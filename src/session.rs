@@ -48,18 +48,24 @@ pub struct PageAsk {
     pub cursor: Option<Cursor>,
 }
 
-/// A page that is ready, or on its way from the user's owner.
+/// A page that is ready, or one to wait for.
 pub enum Pending<F> {
     Ready(Page),
+    /// On its way from the user's owner.
     Forwarded(F),
+    /// Served here; leaves once the progress it made is durable
+    /// (`--fsync always`, `never`). Counted as local.
+    Durable(F),
 }
 
 /// What answering needs from the shards: the real one is a shard
 /// (`Rc<Shard>`, in `shard.rs`); `testing.rs` has one over a single store.
 pub trait Backend {
-    /// A page on its way from another shard.
+    /// A page to wait for: on its way from another shard, or waiting for
+    /// the journal.
     type Forwarded: Future<Output = Page>;
-    /// The page for `ask`: ready, or forwarded to the user's owner.
+    /// The page for `ask`: ready, forwarded to the user's owner, or served
+    /// and waiting for its progress to be durable.
     fn page(&self, ask: PageAsk, now: Instant) -> Pending<Self::Forwarded>;
     /// Takes back a page's buffer once the page is encoded.
     fn recycle(&self, items: Vec<u32>);
@@ -164,7 +170,8 @@ impl Input {
 /// waited for.
 enum Queued<F> {
     Bytes(Range<usize>),
-    Forwarded(F, Framing),
+    /// A forwarded page, or one waiting for the journal: counted as `Route`.
+    Later(F, Framing, Route),
     Report(Report, Framing),
 }
 
@@ -488,7 +495,12 @@ impl<B: Backend> Session<B> {
                 };
                 match self.backend.page(ask, now) {
                     Pending::Ready(page) => self.encode_page(Route::Local, page, f),
-                    Pending::Forwarded(ticket) => self.queued.push(Queued::Forwarded(ticket, f)),
+                    Pending::Forwarded(ticket) => {
+                        self.queued.push(Queued::Later(ticket, f, Route::Forwarded))
+                    }
+                    Pending::Durable(wait) => {
+                        self.queued.push(Queued::Later(wait, f, Route::Local))
+                    }
                 }
             }
             Action::Health => {
@@ -576,9 +588,9 @@ impl<B: Backend> Session<B> {
         for q in queued.drain(..) {
             match q {
                 Queued::Bytes(range) => self.out.extend_from_slice(&self.staged[range]),
-                Queued::Forwarded(ticket, f) => {
-                    let page = ticket.await;
-                    self.encode_page(Route::Forwarded, page, f);
+                Queued::Later(page, f, route) => {
+                    let page = page.await;
+                    self.encode_page(route, page, f);
                 }
                 // Boxed: its state would otherwise make every connection's
                 // task larger, for a request that is rare.

@@ -219,7 +219,7 @@ impl Shard {
             let (page, lsn) = self.serve_here(ask, items);
             return match (lsn, &self.journal) {
                 (Some(lsn), Some(j)) if answers_wait(j.policy()) => {
-                    Pending::Forwarded(Waiting::Durable {
+                    Pending::Durable(Waiting::Durable {
                         shard: self.clone(),
                         page: Some(page),
                         durable: j.durable(lsn),
@@ -588,8 +588,10 @@ fn answers_wait(policy: FsyncPolicy) -> bool {
 }
 
 /// Owner side: answers one peer's requests, in order. When answers wait for
-/// the journal ([`answers_wait`]) it serves what has arrived (up to [`DURABLE_BATCH`]), waits once
-/// for that progress to be durable, then replies to all of it.
+/// the journal ([`answers_wait`]), each page is served at once and handed to
+/// [`reply_when_durable`], which replies once its progress is durable: the
+/// next requests are served (and journaled, in the next group commit) while
+/// earlier ones wait, as local pages are.
 async fn serve_peer(
     shard: Rc<Shard>,
     requests: ConnectedReceiver<PageRequest>,
@@ -599,27 +601,65 @@ async fn serve_peer(
         .journal
         .as_ref()
         .is_some_and(|j| answers_wait(j.policy()));
-    let mut batch: Vec<PageReply> = Vec::with_capacity(if waits { DURABLE_BATCH } else { 1 });
-    while let Some(mut req) = requests.recv().await {
-        let mut last = None;
-        loop {
-            let (page, lsn) = shard.serve_here(req.ask, req.items);
-            last = lsn.or(last);
+    if !waits {
+        while let Some(req) = requests.recv().await {
+            let (page, _) = shard.serve_here(req.ask, req.items);
             shard.metrics.borrow_mut().counters.forwarded_in += 1;
-            batch.push(PageReply {
+            let reply = PageReply {
                 token: req.token,
                 page,
                 sent_at: req.sent_at,
-            });
-            if !waits || batch.len() == DURABLE_BATCH {
-                break;
+            };
+            // May wait for room; the receiving task never sends, so it frees room.
+            if replies.send(reply).await.is_err() {
+                return;
             }
-            match futures_lite::future::poll_once(requests.recv()).await {
-                Some(Some(next)) => req = next,
+        }
+        return;
+    }
+    // Unbounded, but holds at most what the peer has in flight (its tickets).
+    let (waiting, served) = glommio::channels::local_channel::new_unbounded();
+    glommio::spawn_local(reply_when_durable(shard.clone(), served, replies)).detach();
+    while let Some(req) = requests.recv().await {
+        let (page, lsn) = shard.serve_here(req.ask, req.items);
+        shard.metrics.borrow_mut().counters.forwarded_in += 1;
+        let reply = PageReply {
+            token: req.token,
+            page,
+            sent_at: req.sent_at,
+        };
+        if waiting.try_send((lsn, reply)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Owner side, when answers wait for the journal: takes the served pages
+/// that have arrived (up to [`DURABLE_BATCH`]), waits once for the last of
+/// their records to be durable (records are durable in order), then replies
+/// to all of them.
+async fn reply_when_durable(
+    shard: Rc<Shard>,
+    served: glommio::channels::local_channel::LocalReceiver<(Option<Lsn>, PageReply)>,
+    replies: ConnectedSender<PageReply>,
+) {
+    let Some(journal) = shard.journal.as_ref() else {
+        return;
+    };
+    let mut batch: Vec<PageReply> = Vec::with_capacity(DURABLE_BATCH);
+    while let Some((lsn, reply)) = served.recv().await {
+        let mut last = lsn;
+        batch.push(reply);
+        while batch.len() < DURABLE_BATCH {
+            match futures_lite::future::poll_once(served.recv()).await {
+                Some(Some((lsn, reply))) => {
+                    last = lsn.or(last);
+                    batch.push(reply);
+                }
                 _ => break,
             }
         }
-        if let (Some(lsn), Some(journal)) = (last.filter(|_| waits), &shard.journal) {
+        if let Some(lsn) = last {
             // An error still answers; the journal reports it.
             let _ = journal.durable(lsn).await;
         }

@@ -441,3 +441,51 @@ fn a_changed_feed_keeps_progress_only_over_the_same_items() {
     let (status, _, _) = s.terminate(Duration::from_secs(10));
     assert!(status.success());
 }
+
+/// A page that waits for its record under `always` is still a local page in
+/// `/stats` (only pages from another shard count as forwarded), and a
+/// forwarded page waits for its owner's journal like a local one: every
+/// answer survives a crash.
+#[test]
+fn pages_that_wait_for_the_journal_count_as_local() {
+    let dir = TempDir::new("durable-routes");
+    let feeds = feed_file(&dir);
+    let state = dir.0.join("state");
+    let args = [
+        "--shards",
+        "2",
+        "--fsync",
+        "always",
+        "--no-move-connections",
+    ];
+    let s = start(&feeds, &state, &args);
+    let mut c = Client::connect(s.addr);
+    for u in 1..=USERS {
+        c.send(get(&format!("/feed/{u}?size=2")).as_bytes());
+        assert_eq!(c.response().status, 200);
+    }
+    let stats: serde_json::Value = serde_json::from_str(&s.get("/stats").body).unwrap();
+    let count = |which: &str| stats["all"][which]["count"].as_u64().unwrap();
+    let (local, forwarded) = (count("local_latency_us"), count("forwarded_latency_us"));
+    assert_eq!(local + forwarded, USERS as u64, "{stats}");
+    // One connection on one shard: about half of the users are the other's.
+    assert!(
+        local > 0 && forwarded > 0,
+        "local {local}, forwarded {forwarded}"
+    );
+    let forwarded_in: u64 = (0..2)
+        .map(|i| {
+            stats["shards"][i]["stats"]["forwarded_in"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(forwarded, forwarded_in, "{stats}");
+    kill9(s);
+    let s = start(&feeds, &state, &args);
+    for u in 1..=USERS {
+        assert_eq!(next_position(&s, u), 2, "user {u}: both items acknowledged");
+    }
+    let (status, _, _) = s.terminate(Duration::from_secs(10));
+    assert!(status.success());
+}

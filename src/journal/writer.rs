@@ -221,7 +221,8 @@ pub(super) struct State {
     pub(super) oldest_undurable: Option<Instant>,
     /// Someone awaits `durable`: write and sync now.
     pub(super) want_flush: bool,
-    pub(super) waiters: Vec<Waker>,
+    /// Answers waiting for a record, with its LSN.
+    pub(super) waiters: Vec<(u64, Waker)>,
     /// The last attempt failed, with this reason.
     pub(super) io_failed: Option<Rc<str>>,
     pub(super) failed_at: Option<Instant>,
@@ -254,8 +255,6 @@ pub(super) struct State {
     syncs: SyncQueue,
     /// One of them failed: the writer abandons the segment.
     sync_failed: Option<Rc<str>>,
-    /// `durable_lsn` when the waiters were last woken.
-    woken_at: u64,
 }
 
 impl State {
@@ -271,20 +270,26 @@ impl State {
         }
     }
 
+    /// Wakes every waiter: something other than durability (a failure, a
+    /// dropped queue, closing) decides for them.
     fn wake_waiters(&mut self) {
-        self.woken_at = self.durable_lsn;
-        for w in self.waiters.drain(..) {
+        for (_, w) in self.waiters.drain(..) {
             w.wake();
         }
     }
 
-    /// Wakes the waiters if something became durable since they were last
-    /// woken (a woken waiter that finds its record not durable yet only
-    /// registers again: waking it for nothing costs a poll per answer).
-    fn wake_if_advanced(&mut self) {
-        if self.durable_lsn != self.woken_at {
-            self.wake_waiters();
-        }
+    /// Wakes the waiters whose records are durable now. Only those: with
+    /// syncs pipelined, the next batch's answers are waiting too, and
+    /// waking them for nothing costs a poll each.
+    fn wake_durable(&mut self) {
+        let durable = self.durable_lsn;
+        self.waiters.retain(|(lsn, w)| {
+            let done = *lsn < durable;
+            if done {
+                w.wake_by_ref();
+            }
+            !done
+        });
     }
 
     /// Makes every record below `upto` durable (if they are not already).
@@ -413,7 +418,6 @@ impl ShardJournal {
                 sync_latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
                 syncs: SyncQueue::with_capacity(config.max_syncs),
                 sync_failed: None,
-                woken_at: 0,
             }),
             cfg: config,
             writer: Signal::default(),
@@ -617,7 +621,7 @@ impl Future for Durable {
             Some(_) => {}
         }
         st.want_flush = true;
-        st.waiters.push(cx.waker().clone());
+        st.waiters.push((lsn.0, cx.waker().clone()));
         drop(st);
         inner.writer.notify();
         Poll::Pending
@@ -647,7 +651,7 @@ fn sync_done(inner: &Inner, ticket: SyncTicket, epoch: u64, r: Result<(), Rc<str
             if st.syncs.in_flight() == 0 && st.failed_at.is_none() {
                 st.io_failed = None;
             }
-            st.wake_if_advanced();
+            st.wake_durable();
         }
         Completed::Failed(why) => st.sync_failed = Some(why),
         Completed::Nothing => return,
@@ -1308,7 +1312,7 @@ impl Writer {
                 if st.syncs.in_flight() == 0 {
                     st.io_failed = None;
                 }
-                st.wake_if_advanced();
+                st.wake_durable();
             }
             Err(why) => {
                 st.syncs.abandon();
