@@ -441,6 +441,15 @@ pub struct ServeArgs {
     /// way out; the flag needs Linux 5.19 and is skipped where refused.
     #[arg(long)]
     pub no_coop_taskrun: bool,
+    /// How long an idle shard keeps polling for work before it sleeps, e.g.
+    /// `200us`, or `0`. `auto`: 200us with `--fsync always`, whose answers
+    /// wait for syncs that take tens of microseconds (a shard that sleeps
+    /// through each one pays a wake-up, and a membarrier that interrupts
+    /// the other shards, every time); 0 otherwise, as polling takes CPU
+    /// from whatever else runs on the host. Costs CPU while idle, up to the
+    /// whole core under a trickle of requests.
+    #[arg(long, value_name = "DURATION|auto", default_value = "auto", value_parser = parse_idle_poll)]
+    pub idle_poll: IdlePoll,
     /// Keep every connection on the shard that accepted it. By default a
     /// keep-alive connection whose last --move-after feed requests were for
     /// users of one other shard moves to that shard (at most twice per
@@ -526,6 +535,52 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be above 0 and at most a day"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `--idle-poll`: `auto` or a duration (`us`, `ms`, `s`), or 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdlePoll {
+    Auto,
+    For(Duration),
+}
+
+/// What `--idle-poll auto` means with this durability policy.
+pub const IDLE_POLL_ALWAYS: Duration = Duration::from_micros(200);
+
+impl IdlePoll {
+    /// The duration a shard polls before it sleeps, for this policy
+    /// (`None`: no journal).
+    pub fn resolve(self, fsync: Option<FsyncPolicy>) -> Duration {
+        match self {
+            IdlePoll::For(d) => d,
+            IdlePoll::Auto if fsync == Some(FsyncPolicy::Always) => IDLE_POLL_ALWAYS,
+            IdlePoll::Auto => Duration::ZERO,
+        }
+    }
+}
+
+fn parse_idle_poll(s: &str) -> Result<IdlePoll, String> {
+    let bad = || format!("--idle-poll `{s}`: use auto, 0, or a duration such as 200us or 1ms");
+    if s == "auto" {
+        return Ok(IdlePoll::Auto);
+    }
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None if s == "0" => return Ok(IdlePoll::For(Duration::ZERO)),
+        None => return Err(bad()),
+    };
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let us = match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => return Err(bad()),
+    };
+    // A second of spinning before each sleep is a busy loop, not a setting.
+    if !us.is_finite() || !(0.0..=1e6).contains(&us) {
+        return Err(format!("--idle-poll `{s}` must be between 0 and 1s"));
+    }
+    Ok(IdlePoll::For(Duration::from_nanos((us * 1e3) as u64)))
 }
 
 /// `--drain`: a duration, or 0.
@@ -676,6 +731,9 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             pin: !self.no_pin,
             coop_taskrun: !self.no_coop_taskrun,
+            idle_poll: self
+                .idle_poll
+                .resolve(self.state_dir.as_ref().map(|_| self.fsync)),
             move_after: if self.no_move_connections {
                 0
             } else {
@@ -840,6 +898,28 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse_drain("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_idle_poll("auto").unwrap(), IdlePoll::Auto);
+        assert_eq!(parse_idle_poll("0").unwrap(), IdlePoll::For(Duration::ZERO));
+        assert_eq!(
+            parse_idle_poll("200us").unwrap(),
+            IdlePoll::For(Duration::from_micros(200))
+        );
+        assert_eq!(
+            parse_idle_poll("1.5ms").unwrap(),
+            IdlePoll::For(Duration::from_micros(1500))
+        );
+        for bad in ["", "200", "fast", "-1us", "2s", "5h", "nanus"] {
+            assert!(parse_idle_poll(bad).is_err(), "{bad}");
+        }
+        let always = Some(FsyncPolicy::Always);
+        assert_eq!(IdlePoll::Auto.resolve(always), IDLE_POLL_ALWAYS);
+        assert_eq!(
+            IdlePoll::Auto.resolve(Some(FsyncPolicy::EverySec)),
+            Duration::ZERO
+        );
+        assert_eq!(IdlePoll::Auto.resolve(None), Duration::ZERO);
+        let d = Duration::from_micros(50);
+        assert_eq!(IdlePoll::For(d).resolve(None), d);
         assert_eq!(parse_drain("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_drain("15s").unwrap(), Duration::from_secs(15));
         assert!(parse_drain("-1s").is_err());

@@ -98,6 +98,8 @@ pub struct ServeConfig {
     pub pin: bool,
     /// Create the shards' io_uring rings with IORING_SETUP_COOP_TASKRUN.
     pub coop_taskrun: bool,
+    /// How long an idle shard polls before it sleeps (`--idle-poll`).
+    pub idle_poll: Duration,
     /// Keep progress on disk (`--state-dir`, `--fsync`).
     pub state: Option<StateConfig>,
     /// `--cluster FILE --instance NAME`: this process is one instance; its
@@ -383,9 +385,13 @@ fn start_shard(
         Placement::Unbound
     };
     let stopped = life.events.clone();
-    let handle = LocalExecutorBuilder::new(placement)
+    let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("shard-{i}"))
-        .io_memory(IO_MEMORY)
+        .io_memory(IO_MEMORY);
+    if !life.config.idle_poll.is_zero() {
+        builder = builder.spin_before_park(life.config.idle_poll);
+    }
+    let handle = builder
         .spawn(move || async move {
             let shard = match shard::start(parts).await {
                 Ok(shard) => shard,
