@@ -442,12 +442,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_coop_taskrun: bool,
     /// How long an idle shard keeps polling for work before it sleeps, e.g.
-    /// `200us`, or `0`. `auto`: 200us with `--fsync always`, whose answers
-    /// wait for syncs that take tens of microseconds (a shard that sleeps
-    /// through each one pays a wake-up, and a membarrier that interrupts
-    /// the other shards, every time); 0 otherwise, as polling takes CPU
-    /// from whatever else runs on the host. Costs CPU while idle, up to the
-    /// whole core under a trickle of requests.
+    /// `200us`, or `0`. `auto`: 200us with `--fsync always` and more than
+    /// one shard, whose answers wait for syncs that take tens of
+    /// microseconds (a shard that sleeps through each one pays a wake-up,
+    /// and a membarrier that interrupts the other shards, every time); 0
+    /// otherwise, as polling takes CPU from whatever else runs on the host.
+    /// Costs CPU while idle, up to the whole core under a trickle of
+    /// requests.
     #[arg(long, value_name = "DURATION|auto", default_value = "auto", value_parser = parse_idle_poll)]
     pub idle_poll: IdlePoll,
     /// Keep every connection on the shard that accepted it. By default a
@@ -544,16 +545,18 @@ pub enum IdlePoll {
     For(Duration),
 }
 
-/// What `--idle-poll auto` means with this durability policy.
+/// What `--idle-poll auto` means under `--fsync always` with several shards.
 pub const IDLE_POLL_ALWAYS: Duration = Duration::from_micros(200);
 
 impl IdlePoll {
     /// The duration a shard polls before it sleeps, for this policy
-    /// (`None`: no journal).
-    pub fn resolve(self, fsync: Option<FsyncPolicy>) -> Duration {
+    /// (`None`: no journal) and shard count. A lone shard parks without
+    /// interrupting peers, and measured no gain from polling
+    /// (`benches/runs/2026-12-02-vm/quick-042948`).
+    pub fn resolve(self, fsync: Option<FsyncPolicy>, shards: usize) -> Duration {
         match self {
             IdlePoll::For(d) => d,
-            IdlePoll::Auto if fsync == Some(FsyncPolicy::Always) => IDLE_POLL_ALWAYS,
+            IdlePoll::Auto if fsync == Some(FsyncPolicy::Always) && shards > 1 => IDLE_POLL_ALWAYS,
             IdlePoll::Auto => Duration::ZERO,
         }
     }
@@ -638,6 +641,9 @@ impl ServeArgs {
             _ => (self.listen, self.shards, None),
         };
         let cpus = host::choose_cpus(self.cpus.as_deref(), shards, &host::available_cpus())?;
+        let idle_poll = self
+            .idle_poll
+            .resolve(self.state_dir.as_ref().map(|_| self.fsync), cpus.len());
         if self.max_size == 0 || self.max_size > MAX_PAGE {
             return Err(format!("--max-size must be between 1 and {MAX_PAGE}"));
         }
@@ -731,9 +737,7 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             pin: !self.no_pin,
             coop_taskrun: !self.no_coop_taskrun,
-            idle_poll: self
-                .idle_poll
-                .resolve(self.state_dir.as_ref().map(|_| self.fsync)),
+            idle_poll,
             move_after: if self.no_move_connections {
                 0
             } else {
@@ -912,14 +916,13 @@ mod tests {
             assert!(parse_idle_poll(bad).is_err(), "{bad}");
         }
         let always = Some(FsyncPolicy::Always);
-        assert_eq!(IdlePoll::Auto.resolve(always), IDLE_POLL_ALWAYS);
-        assert_eq!(
-            IdlePoll::Auto.resolve(Some(FsyncPolicy::EverySec)),
-            Duration::ZERO
-        );
-        assert_eq!(IdlePoll::Auto.resolve(None), Duration::ZERO);
+        assert_eq!(IdlePoll::Auto.resolve(always, 2), IDLE_POLL_ALWAYS);
+        assert_eq!(IdlePoll::Auto.resolve(always, 1), Duration::ZERO);
+        let everysec = Some(FsyncPolicy::EverySec);
+        assert_eq!(IdlePoll::Auto.resolve(everysec, 2), Duration::ZERO);
+        assert_eq!(IdlePoll::Auto.resolve(None, 4), Duration::ZERO);
         let d = Duration::from_micros(50);
-        assert_eq!(IdlePoll::For(d).resolve(None), d);
+        assert_eq!(IdlePoll::For(d).resolve(None, 1), d);
         assert_eq!(parse_drain("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_drain("15s").unwrap(), Duration::from_secs(15));
         assert!(parse_drain("-1s").is_err());

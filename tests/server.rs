@@ -391,3 +391,17 @@ fn unpinned_shards_serve_the_same_feeds() {
         assert_eq!(c.get(&format!("/feed/{u}?size=2")).items(), feed_of(u)[..2]);
     }
 }
+
+/// Shards that poll before they sleep (`--idle-poll`) serve exactly like
+/// ones that sleep at once, pinned or not.
+#[test]
+fn polling_shards_serve_the_same_feeds() {
+    let dir = TempDir::new("idlepoll");
+    for flags in [&["--idle-poll", "300us"][..], &["--idle-poll", "1ms", "--no-pin"]] {
+        let s = Server::known(&dir, flags);
+        let mut c = s.connect();
+        for u in [1, 2, 3, 4, 5, 6] {
+            assert_eq!(c.get(&format!("/feed/{u}?size=2")).items(), feed_of(u)[..2]);
+        }
+    }
+}
