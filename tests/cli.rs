@@ -32,8 +32,14 @@ fn bad_flags() {
             "--default-size must be between 1 and --max-size (20)",
         ),
         (&["--max-size", "0"], "--max-size must be between"),
-        (&["--idle-poll", "fast"], "use auto, 0, or a duration such as 200us"),
-        (&["--idle-poll", "2s"], "--idle-poll `2s` must be between 0 and 1s"),
+        (
+            &["--idle-poll", "fast"],
+            "use auto, 0, or a duration such as 200us",
+        ),
+        (
+            &["--idle-poll", "2s"],
+            "--idle-poll `2s` must be between 0 and 1s",
+        ),
         (
             &["--feed-len", "100", "--items", "10"],
             "--items (10) must be at least --feed-len (100)",

@@ -397,7 +397,10 @@ fn unpinned_shards_serve_the_same_feeds() {
 #[test]
 fn polling_shards_serve_the_same_feeds() {
     let dir = TempDir::new("idlepoll");
-    for flags in [&["--idle-poll", "300us"][..], &["--idle-poll", "1ms", "--no-pin"]] {
+    for flags in [
+        &["--idle-poll", "300us"][..],
+        &["--idle-poll", "1ms", "--no-pin"],
+    ] {
         let s = Server::known(&dir, flags);
         let mut c = s.connect();
         for u in [1, 2, 3, 4, 5, 6] {
