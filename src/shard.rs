@@ -253,6 +253,19 @@ impl Shard {
         }
     }
 
+    /// Owner side: serves a peer's request; the reply, and the LSN of the
+    /// progress it made.
+    fn serve_forwarded(&self, req: PageRequest) -> (PageReply, Option<Lsn>) {
+        let (page, lsn) = self.serve_here(req.ask, req.items);
+        self.metrics.borrow_mut().counters.forwarded_in += 1;
+        let reply = PageReply {
+            token: req.token,
+            page,
+            sent_at: req.sent_at,
+        };
+        (reply, lsn)
+    }
+
     /// The one call into the store, for local and forwarded requests alike:
     /// serves the page and, if it moved the user on, queues the new
     /// progress in the journal (memory only), whose LSN it returns.
@@ -603,13 +616,7 @@ async fn serve_peer(
         .is_some_and(|j| answers_wait(j.policy()));
     if !waits {
         while let Some(req) = requests.recv().await {
-            let (page, _) = shard.serve_here(req.ask, req.items);
-            shard.metrics.borrow_mut().counters.forwarded_in += 1;
-            let reply = PageReply {
-                token: req.token,
-                page,
-                sent_at: req.sent_at,
-            };
+            let (reply, _) = shard.serve_forwarded(req);
             // May wait for room; the receiving task never sends, so it frees room.
             if replies.send(reply).await.is_err() {
                 return;
@@ -621,14 +628,7 @@ async fn serve_peer(
     let (waiting, served) = glommio::channels::local_channel::new_unbounded();
     glommio::spawn_local(reply_when_durable(shard.clone(), served, replies)).detach();
     while let Some(req) = requests.recv().await {
-        let (page, lsn) = shard.serve_here(req.ask, req.items);
-        shard.metrics.borrow_mut().counters.forwarded_in += 1;
-        let reply = PageReply {
-            token: req.token,
-            page,
-            sent_at: req.sent_at,
-        };
-        if waiting.try_send((lsn, reply)).is_err() {
+        if waiting.try_send(shard.serve_forwarded(req)).is_err() {
             return;
         }
     }
@@ -640,19 +640,19 @@ async fn serve_peer(
 /// to all of them.
 async fn reply_when_durable(
     shard: Rc<Shard>,
-    served: glommio::channels::local_channel::LocalReceiver<(Option<Lsn>, PageReply)>,
+    served: glommio::channels::local_channel::LocalReceiver<(PageReply, Option<Lsn>)>,
     replies: ConnectedSender<PageReply>,
 ) {
     let Some(journal) = shard.journal.as_ref() else {
         return;
     };
     let mut batch: Vec<PageReply> = Vec::with_capacity(DURABLE_BATCH);
-    while let Some((lsn, reply)) = served.recv().await {
+    while let Some((reply, lsn)) = served.recv().await {
         let mut last = lsn;
         batch.push(reply);
         while batch.len() < DURABLE_BATCH {
             match futures_lite::future::poll_once(served.recv()).await {
-                Some(Some((lsn, reply))) => {
+                Some(Some((reply, lsn))) => {
                     last = lsn.or(last);
                     batch.push(reply);
                 }
