@@ -221,8 +221,7 @@ fn a_misdirected_page_echoes_the_cursor() {
     // The cursor is checked against its user here too.
     let r = c.get(&format!("/feed/{mine}?size=3&cursor={token}"));
     assert_eq!(r.status, 422);
-    a.signal(libc::SIGTERM);
-    assert!(a.wait_exit(Duration::from_secs(20)).0.success());
+    a.stop(Duration::from_secs(20));
 }
 
 /// SPEC "Beyond one machine", on loopback: two instances x two shards
@@ -349,7 +348,6 @@ fn two_instances_behind_the_generated_nginx() {
     }
     drop(nginx);
     for s in [&mut a, &mut b] {
-        s.signal(libc::SIGTERM);
-        assert!(s.wait_exit(Duration::from_secs(20)).0.success());
+        s.stop(Duration::from_secs(20));
     }
 }

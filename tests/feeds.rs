@@ -187,16 +187,7 @@ fn a_snapshot_serves_the_same_pages_as_its_tsv() {
     let dir = TempDir::new("feeds-pack");
     let (feeds, pool) = known_files(&dir);
     let snap = dir.0.join("feeds.snap");
-    let out = run(&[
-        "pack",
-        path_str(&feeds),
-        "-o",
-        path_str(&snap),
-        "--shards",
-        "2",
-    ]);
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
+    let said = common::pack(&feeds, &snap, &[]);
     assert!(
         said.contains("40 users") && said.contains("2 shards"),
         "{said}"
@@ -258,15 +249,7 @@ fn a_snapshot_serves_a_cluster_member_its_own_users() {
     let dir = TempDir::new("feeds-cluster-snap");
     let (feeds, pool) = known_files(&dir);
     let snap = dir.0.join("feeds.snap");
-    let out = run(&[
-        "pack",
-        path_str(&feeds),
-        "-o",
-        path_str(&snap),
-        "--shards",
-        "2",
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    common::pack(&feeds, &snap, &[]);
     let (pa, pb) = (free_ports(2), free_ports(2));
     let text = format!("a 127.0.0.1:{pa} 2\nb 127.0.0.1:{pb} 2\n");
     let cluster = dir.file("cluster.txt", &text);

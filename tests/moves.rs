@@ -261,9 +261,7 @@ fn in_a_cluster_only_this_instances_other_shard_moves_a_connection() {
     let st: Value = serde_json::from_str(&get_from(shared, "/stats").body).unwrap();
     assert_eq!(st["shards"][0]["stats"]["connections_moved"], 1);
     assert_eq!(st["shards"][1]["stats"]["connections_moved"], 0);
-    a.signal(libc::SIGTERM);
-    let (status, _, _) = a.wait_exit(std::time::Duration::from_secs(20));
-    assert!(status.success());
+    a.stop(std::time::Duration::from_secs(20));
 }
 
 /// `--move-after 1`: the first request for the other shard's user moves

@@ -102,9 +102,7 @@ fn the_admin_port_serves_metrics_and_stats_and_the_public_port_does_not() {
         404,
         "no feeds on the admin port"
     );
-    s.signal(libc::SIGTERM);
-    let (status, _, _) = s.wait_exit(Duration::from_secs(6));
-    assert!(status.success());
+    s.stop(Duration::from_secs(6));
 }
 
 /// `Type=notify`: READY=1 once serving, STOPPING=1 on the stop signal.
@@ -221,9 +219,7 @@ fn every_log_line_has_a_timestamp_and_the_first_interval_is_reported() {
         rate >= 10.0,
         "the 20 requests are in the first line: {first}"
     );
-    s.signal(libc::SIGTERM);
-    let (status, _, _) = s.wait_exit(Duration::from_secs(6));
-    assert!(status.success());
+    s.stop(Duration::from_secs(6));
     let stderr = s.stderr();
     assert!(stderr.lines().count() >= 3, "{stderr}");
     for line in stderr.lines() {
@@ -461,7 +457,5 @@ fn listen_accepts_host_names() {
     let addr = s.listening();
     assert!(addr.ip().is_loopback(), "{addr}");
     assert_eq!(get_from(addr, "/healthz").status, 200);
-    s.signal(libc::SIGTERM);
-    let (status, _, _) = s.wait_exit(Duration::from_secs(6));
-    assert!(status.success());
+    s.stop(Duration::from_secs(6));
 }

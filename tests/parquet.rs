@@ -176,18 +176,7 @@ fn parquet_serves_the_same_pages_as_tsv_and_its_snapshot() {
     spec["rows"] = known_rows(false);
     let file = write(&dir, "packed.parquet", spec);
     let snap = dir.0.join("packed.snap");
-    let out = run(&[
-        "pack",
-        path_str(&file),
-        "-o",
-        path_str(&snap),
-        "--shards",
-        "2",
-        "--user-column",
-        "u",
-    ]);
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
+    let said = common::pack(&file, &snap, &["--user-column", "u"]);
     assert!(said.contains("40 users"), "{said}");
     let (pages, snap_line) = serve_pages(&snap, &pool, &[]);
     assert_eq!(pages, want, "snapshot of the Parquet file");
@@ -563,19 +552,11 @@ fn a_reload_reads_the_new_parquet_file() {
         spec(json!([[1, [10, 11, 13, 14]], [2, [21, 22]], [4, [40]]])),
     );
     let snap = dir.0.join("feed.snap");
-    let packed = common::run(&[
-        "pack",
-        path_str(&good),
-        "-o",
-        path_str(&snap),
-        "--shards",
-        "2",
-        "--user-column",
-        "uid",
-        "--items-column",
-        "recs",
-    ]);
-    assert!(packed.status.success(), "{packed:?}");
+    common::pack(
+        &good,
+        &snap,
+        &["--user-column", "uid", "--items-column", "recs"],
+    );
     std::fs::rename(&snap, &feed).unwrap();
     let line = reload(&s, 3);
     assert!(line.contains("reload: version"), "{line}");

@@ -301,7 +301,5 @@ fn dashboard_queries_return_data_from_a_real_prometheus_scraping_shardfeed() {
 
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
-    s.signal(libc::SIGTERM);
-    let (status, _, _) = s.wait_exit(Duration::from_secs(10));
-    assert!(status.success());
+    s.stop(Duration::from_secs(10));
 }

@@ -453,6 +453,5 @@ fn relayout_refuses_what_would_lose_or_mix_progress() {
         ],
         "is in use by another shardfeed",
     );
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(20)).0.success());
+    server.stop(Duration::from_secs(20));
 }

@@ -68,6 +68,13 @@ impl Fixture {
         }
     }
 
+    /// Stops the server cleanly; the directory and its feed and pool stay,
+    /// for a restart.
+    fn stop(mut self) -> (TempDir, PathBuf, PathBuf) {
+        self.server.stop(LIMIT);
+        (self._dir, self.feed, self.pool)
+    }
+
     fn page(&self, user: u32, size: usize) -> Vec<u32> {
         let r = get_from(self.addr, &format!("/feed/{user}?size={size}"));
         assert_eq!(r.status, 200, "{}", r.body);
@@ -249,16 +256,7 @@ fn reloaded_progress_survives_a_restart() {
     replace(&f.feed, &tsv(&v2));
     f.reload(1);
     assert_eq!(f.page(1, 1), [13]);
-    let Fixture {
-        _dir,
-        feed,
-        pool,
-        mut server,
-        ..
-    } = f;
-    server.signal(libc::SIGTERM);
-    let (status, _, _) = server.wait_exit(LIMIT);
-    assert!(status.success());
+    let (_dir, feed, pool) = f.stop();
 
     let mut server = Spawned::serve(&[
         "--listen",
@@ -275,8 +273,7 @@ fn reloaded_progress_survives_a_restart() {
     let addr = server.listening();
     assert_eq!(get_from(addr, "/feed/1?size=2").items(), [14, 15]);
     assert_eq!(get_from(addr, "/feed/2?size=2").items(), [29, 21]);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(LIMIT).0.success());
+    server.stop(LIMIT);
 }
 
 /// Under concurrent load on both shards, a reload fails no request, no page
@@ -410,15 +407,7 @@ fn a_reload_unmaps_the_snapshot_it_replaced() {
     let snap = dir.0.join("feed.snap");
     let pack = |users: &[(u32, Vec<u32>)], name: &str| {
         let tsv_path = dir.file(name, &tsv(users));
-        let out = common::run(&[
-            "pack",
-            path_str(&tsv_path),
-            "-o",
-            path_str(&snap),
-            "--shards",
-            "2",
-        ]);
-        assert!(out.status.success(), "{out:?}");
+        common::pack(&tsv_path, &snap, &[]);
     };
     pack(&v1, "v1.tsv");
     let pool = dir.file("pool.txt", &lines([7]));
@@ -501,15 +490,7 @@ fn a_reset_at_a_reload_is_journaled() {
         &tsv(&[(1, vec![19, 11, 12]), (2, vec![21, 22, 23])]),
     );
     f.reload(1);
-    let Fixture {
-        _dir,
-        feed,
-        pool,
-        mut server,
-        ..
-    } = f;
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(LIMIT).0.success());
+    let (_dir, feed, pool) = f.stop();
 
     replace(&feed, &v1);
     let mut server = Spawned::serve(&[
@@ -535,8 +516,7 @@ fn a_reset_at_a_reload_is_journaled() {
         [22],
         "kept stays kept"
     );
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(LIMIT).0.success());
+    server.stop(LIMIT);
 }
 
 /// A server started with a relative `--state-dir` keeps its progress there.
@@ -557,11 +537,9 @@ fn a_relative_state_dir_works() {
     };
     let (mut s, addr) = start();
     assert_eq!(get_from(addr, "/feed/1?size=2").items(), [1000, 1001]);
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(LIMIT).0.success());
+    s.stop(LIMIT);
     assert!(dir.0.join("state").join("LOCK").exists());
     let (mut s, addr) = start();
     assert_eq!(get_from(addr, "/feed/1?size=1").items(), [1002]);
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(LIMIT).0.success());
+    s.stop(LIMIT);
 }

@@ -323,6 +323,25 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `shardfeed pack INPUT -o OUTPUT --shards 2 FLAGS`, which must succeed;
+/// returns what it said (stderr).
+#[allow(dead_code)]
+pub fn pack(input: &Path, output: &Path, flags: &[&str]) -> String {
+    let mut args = vec![
+        "pack",
+        path_str(input),
+        "-o",
+        path_str(output),
+        "--shards",
+        "2",
+    ];
+    args.extend_from_slice(flags);
+    let out = run(&args);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "pack {input:?}: {said}");
+    said
+}
+
 /// Runs `shardfeed ARGS` in a shell after `prefix` (e.g. `ulimit -l 256;`).
 pub fn run_in_shell(prefix: &str, args: &[&str]) -> Output {
     let script = format!("{prefix} exec \"$0\" \"$@\"");
@@ -446,6 +465,14 @@ impl Spawned {
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, and the process must exit 0 within `limit`.
+    #[allow(dead_code)]
+    pub fn stop(&mut self, limit: Duration) {
+        self.signal(libc::SIGTERM);
+        let (status, _, _) = self.wait_exit(limit);
+        assert!(status.success(), "exit {status}: {}", self.stderr());
     }
 
     /// Waits (at most `limit`) for the process to exit; its status, the
