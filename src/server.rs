@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,6 +64,8 @@ pub use state::StateConfig;
 const IO_MEMORY: usize = 128 * 1024;
 /// How often a shard looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often a drained shard looks whether the others have drained too.
+const DRAINED_POLL: Duration = Duration::from_millis(5);
 /// How often a shard checks its connections' deadlines: timeouts fire up to
 /// this much late.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -303,6 +305,7 @@ fn launch(
     }
     let (events_tx, events) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicUsize::new(shards));
     let links = shard::make_links(shards);
     let mailboxes: Vec<Arc<reload::Mailbox>> = (0..shards).map(|_| Arc::default()).collect();
     let parts = stores
@@ -328,6 +331,7 @@ fn launch(
         let life = ShardLife {
             config: config.clone(),
             stop: stop.clone(),
+            draining: draining.clone(),
             log,
             events: events_tx.clone(),
             health: health.clone(),
@@ -540,6 +544,8 @@ fn say(text: &str) {
 struct ShardLife {
     config: ServeConfig,
     stop: Arc<AtomicBool>,
+    /// Shards whose connections have not all drained yet, at a stop.
+    draining: Arc<AtomicUsize>,
     log: Option<mpsc::Sender<Interval>>,
     events: mpsc::Sender<Event>,
     health: Health,
@@ -631,6 +637,10 @@ impl ShardLife {
         drop(own_port);
         let drain = gate.close();
         let _ = glommio::timer::timeout(self.config.shutdown_timeout, drain).await;
+        // The other shards' connections may still forward pages for this
+        // shard's users, and each moves progress on here: the journal stays
+        // open (and this shard serves them) until every shard has drained.
+        all_drained(&self.draining, self.config.shutdown_timeout).await;
 
         log.finish(&shard);
         let mut unsynced = None;
@@ -699,6 +709,18 @@ async fn sweep_deadlines(registry: Rc<Registry>) {
 
 /// Turns the process-wide stop flag (set by the supervisor) into this
 /// shard's shutdown.
+/// Counts this shard's connections as drained, then waits until every
+/// shard's are: at most `limit` (plus a poll), the longest another shard's
+/// drain can take once the stop is seen, so that a shard stuck for another
+/// reason cannot keep the process from exiting.
+async fn all_drained(draining: &AtomicUsize, limit: Duration) {
+    draining.fetch_sub(1, Ordering::AcqRel);
+    let until = Instant::now() + limit + STOP_POLL;
+    while draining.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        glommio::timer::sleep(DRAINED_POLL).await;
+    }
+}
+
 async fn watch_stop_flag(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;

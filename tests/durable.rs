@@ -209,6 +209,50 @@ fn kill_9_under_load_loses_at_most_a_second_with_everysec() {
 /// Junk after the valid records, and a journal cut in the middle of a
 /// sector: the server starts, says what it dropped, and keeps everything
 /// before the damage.
+/// A page answered while the server stops survives it, under every policy.
+/// Each shard drains its own connections at a stop, but another shard's
+/// connection may still forward it a page (here the shard of `user` has no
+/// connection at all, so it drains at once): its journal must stay open
+/// until every shard has drained, or that page's progress is lost.
+#[test]
+fn pages_answered_during_a_stop_survive_it() {
+    let dir = TempDir::new("durable-stop");
+    let feeds = feed_file(&dir);
+    let user = 3;
+    for policy in ["always", "everysec", "never"] {
+        let state = dir.0.join(format!("state-{policy}"));
+        let flags = ["--shards", "2", "--fsync", policy, "--no-move-connections"];
+        let s = start(&feeds, &state, &flags);
+        let mut c = s.connection_away_from(user, "");
+        let first = c.get(&format!("/feed/{user}?size=5")).items();
+        assert_eq!(first, (0..5).map(|i| item(user, i)).collect::<Vec<_>>());
+        // Half a request in flight, then the stop, then the rest of it.
+        c.send(format!("GET /feed/{user}?size=5 HTTP/1.1\r\n").as_bytes());
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(300));
+        c.send(b"Host: test\r\n\r\n");
+        let during = c.response();
+        assert_eq!(during.status, 200, "{policy}: {}", during.body);
+        assert_eq!(
+            during.items(),
+            (5..10).map(|i| item(user, i)).collect::<Vec<_>>(),
+            "{policy}"
+        );
+        drop(c);
+        let (status, _, _) = s.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "{policy}: {status}");
+        let s = start(&feeds, &state, &["--shards", "2"]);
+        assert_eq!(
+            next_position(&s, user),
+            10,
+            "{policy}: the page answered during the stop was forgotten"
+        );
+        let (status, _, _) = s.terminate(Duration::from_secs(10));
+        assert!(status.success());
+    }
+}
+
 #[test]
 fn damaged_journal_files_keep_the_valid_prefix() {
     let dir = TempDir::new("durable-damaged");

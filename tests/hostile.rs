@@ -55,12 +55,6 @@ fn still_serves(s: &Server, baseline_kb: u64) {
     );
 }
 
-fn stat(s: &Server, key: &str) -> u64 {
-    let body = s.get("/stats").body;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["all"][key].as_u64().unwrap()
-}
-
 /// Lets this test process open many sockets.
 fn raise_fd_limit() {
     // SAFETY: plain rlimit calls on a local struct.
@@ -113,7 +107,7 @@ fn slowloris_gets_408_at_the_header_deadline() {
         assert!(text.contains("Connection: close"));
     }
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(stat(&s, "timed_out_connections"), 50);
+    assert_eq!(s.total("timed_out_connections"), 50);
     still_serves(&s, baseline);
 }
 
@@ -142,7 +136,7 @@ fn pipeliner_that_never_reads_is_bounded_and_cut_off() {
     still_serves(&s, baseline);
     // The write deadline closes it (the sweeper runs every 250 ms).
     let deadline = Instant::now() + Duration::from_secs(6);
-    while stat(&s, "timed_out_connections") == 0 {
+    while s.total("timed_out_connections") == 0 {
         assert!(
             Instant::now() < deadline,
             "the stuck writer was never cut off"
@@ -162,11 +156,11 @@ fn thousands_of_idle_connections_then_the_idle_deadline() {
         .map(|_| TcpStream::connect(s.addr).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(stat(&s, "open_connections") >= 3000);
+    assert!(s.total("open_connections") >= 3000);
     still_serves(&s, baseline);
     // All of them go at the idle deadline, with no answer.
     let deadline = Instant::now() + Duration::from_secs(8);
-    while stat(&s, "open_connections") > 1 {
+    while s.total("open_connections") > 1 {
         assert!(
             Instant::now() < deadline,
             "idle connections were not closed"
@@ -206,7 +200,7 @@ fn connections_beyond_the_limit_get_503_and_close() {
     // Once they go, the shard has room again (including for this /stats).
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(stat(&s, "refused_connections"), refused);
+    assert_eq!(s.total("refused_connections"), refused);
 }
 
 #[test]
@@ -261,7 +255,7 @@ fn resets_in_the_middle_of_answers() {
     // Every reset connection is closed (the server may still be seeing the
     // last resets): only the /stats connection stays open.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while stat(&s, "open_connections") != 1 {
+    while s.total("open_connections") != 1 {
         assert!(
             Instant::now() < deadline,
             "reset connections were not closed"

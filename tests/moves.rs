@@ -11,43 +11,13 @@ use serde_json::Value;
 /// A connection moves at most this often (`session::MAX_MOVES`).
 const MAX_MOVES: u64 = 2;
 
-/// Whole-server counter `key` from `/stats` (asked on a new connection).
-fn total(s: &Server, key: &str) -> u64 {
-    let st: Value = serde_json::from_str(&s.get("/stats").body).unwrap();
-    st["all"][key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} in {st}"))
-}
-
-fn head(target: &str) -> String {
-    format!("HEAD {target} HTTP/1.1\r\nHost: test\r\n\r\n")
-}
-
 /// A `GET` or `HEAD` with `extra` header lines (each ending in CRLF).
 fn ask(method: &str, target: &str, extra: &str) -> String {
     format!("{method} {target} HTTP/1.1\r\nHost: test\r\n{extra}\r\n")
 }
 
-/// A keep-alive connection accepted by the shard that does not own `user`
-/// (the kernel spreads connections over the shards' listeners): found by
-/// a `HEAD` (no progress) that was forwarded. That `HEAD` is the first
-/// request of the connection's streak.
-fn connection_away_from(s: &Server, user: u32) -> Client {
-    connection_away_with(s, user, "")
-}
-
-/// [`connection_away_from`], its `HEAD` with `extra` header lines.
-fn connection_away_with(s: &Server, user: u32, extra: &str) -> Client {
-    for _ in 0..64 {
-        let before = total(s, "forwarded_out");
-        let mut c = s.connect();
-        c.send(ask("HEAD", &format!("/feed/{user}?size=1"), extra).as_bytes());
-        assert_eq!(c.head_response().status, 200);
-        if total(s, "forwarded_out") > before {
-            return c;
-        }
-    }
-    panic!("64 connections, none on the shard that does not own user {user}");
+fn head(target: &str) -> String {
+    format!("HEAD {target} HTTP/1.1\r\nHost: test\r\n\r\n")
 }
 
 #[test]
@@ -55,17 +25,17 @@ fn a_one_user_connection_moves_to_the_owner_and_is_served_there() {
     let dir = TempDir::new("moves-one-user");
     let s = Server::known(&dir, &[]);
     let user = 6; // 60 items
-    let mut c = connection_away_from(&s, user);
-    let forwarded = total(&s, "forwarded_out");
-    assert_eq!(total(&s, "connections_moved"), 0);
+    let mut c = s.connection_away_from(user, "");
+    let forwarded = s.total("forwarded_out");
+    assert_eq!(s.total("connections_moved"), 0);
     for k in 0..20 {
         let r = c.get(&format!("/feed/{user}?size=1"));
         assert_eq!(r.items(), [feed_of(user)[k]], "page {k}");
     }
     // The HEAD and the first GET were forwarded; then the connection moved
     // to the owner, and the next 19 pages were local.
-    assert_eq!(total(&s, "forwarded_out"), forwarded + 1);
-    assert_eq!(total(&s, "connections_moved"), 1);
+    assert_eq!(s.total("forwarded_out"), forwarded + 1);
+    assert_eq!(s.total("connections_moved"), 1);
     // Still the same connection, and it does not move back.
     for k in 20..30 {
         assert_eq!(
@@ -73,8 +43,8 @@ fn a_one_user_connection_moves_to_the_owner_and_is_served_there() {
             [feed_of(user)[k]]
         );
     }
-    assert_eq!(total(&s, "forwarded_out"), forwarded + 1);
-    assert_eq!(total(&s, "connections_moved"), 1);
+    assert_eq!(s.total("forwarded_out"), forwarded + 1);
+    assert_eq!(s.total("connections_moved"), 1);
     let metrics = s.get("/metrics").body;
     assert!(
         metrics
@@ -91,8 +61,8 @@ fn pipelined_requests_across_the_move_are_answered_in_order() {
     // four whole requests and part of a fifth still unread by anyone.
     let s = Server::known(&dir, &["--max-pipeline", "2"]);
     let user = 13; // 60 items
-    let mut c = connection_away_from(&s, user);
-    let forwarded = total(&s, "forwarded_out");
+    let mut c = s.connection_away_from(user, "");
+    let forwarded = s.total("forwarded_out");
     let page = get(&format!("/feed/{user}?size=2"));
     let mut burst = page.repeat(6);
     let (first, rest) = page.split_at(10);
@@ -108,9 +78,9 @@ fn pipelined_requests_across_the_move_are_answered_in_order() {
     assert_eq!(c.head_response().status, 200);
     items.extend(c.response().items());
     assert_eq!(items, feed_of(user)[..16]);
-    let away = total(&s, "forwarded_out") - forwarded;
+    let away = s.total("forwarded_out") - forwarded;
     assert!((1..=2).contains(&away), "{away} forwarded after the HEAD");
-    assert_eq!(total(&s, "connections_moved"), 1);
+    assert_eq!(s.total("connections_moved"), 1);
 }
 
 #[test]
@@ -142,7 +112,7 @@ fn random_user_connections_move_at_most_twice_and_stay_correct() {
         }
         // Two requests in a row for the other shard's users come soon
         // with random users: every connection moves, and the limit stops it.
-        let now = total(&s, "connections_moved");
+        let now = s.total("connections_moved");
         assert!(
             (1..=MAX_MOVES).contains(&(now - moved)),
             "connection {round} moved {} times",
@@ -151,7 +121,7 @@ fn random_user_connections_move_at_most_twice_and_stay_correct() {
         moved = now;
     }
     // Random users keep being forwarded: moving does not help them.
-    assert!(total(&s, "forwarded_out") > 100);
+    assert!(s.total("forwarded_out") > 100);
 }
 
 #[test]
@@ -159,16 +129,16 @@ fn no_move_connections_keeps_every_connection_where_it_was_accepted() {
     let dir = TempDir::new("moves-off");
     let s = Server::known(&dir, &["--no-move-connections"]);
     let user = 6;
-    let mut c = connection_away_from(&s, user);
-    let forwarded = total(&s, "forwarded_out");
+    let mut c = s.connection_away_from(user, "");
+    let forwarded = s.total("forwarded_out");
     for k in 0..10 {
         assert_eq!(
             c.get(&format!("/feed/{user}?size=1")).items(),
             [feed_of(user)[k]]
         );
     }
-    assert_eq!(total(&s, "forwarded_out"), forwarded + 10);
-    assert_eq!(total(&s, "connections_moved"), 0);
+    assert_eq!(s.total("forwarded_out"), forwarded + 10);
+    assert_eq!(s.total("connections_moved"), 0);
 }
 
 /// The token check goes with the connection: after the move its token still
@@ -191,19 +161,19 @@ fn a_moved_connection_keeps_checking_tokens() {
     };
     let user = 6;
     let mine = token(user, exp);
-    let mut c = connection_away_with(&s, user, &mine);
+    let mut c = s.connection_away_from(user, &mine);
     for k in 0..5 {
         c.send(ask("GET", &format!("/feed/{user}?size=1"), &mine).as_bytes());
         assert_eq!(c.response().items(), [feed_of(user)[k]], "page {k}");
     }
-    assert_eq!(total(&s, "connections_moved"), 1);
+    assert_eq!(s.total("connections_moved"), 1);
     c.send(ask("GET", "/feed/13?size=1", &mine).as_bytes());
     assert_eq!(c.response().status, 403, "another user's feed");
     c.send(ask("GET", &format!("/feed/{user}?size=1"), &token(user, 1000)).as_bytes());
     assert_eq!(c.response().status, 401, "an expired token");
     c.send(ask("GET", &format!("/feed/{user}?size=1"), &mine).as_bytes());
     assert_eq!(c.response().items(), [feed_of(user)[5]]);
-    assert_eq!(total(&s, "connections_moved"), 1);
+    assert_eq!(s.total("connections_moved"), 1);
 }
 
 /// As instance `a` of a cluster, reached on shard 0's own port: a user of
@@ -271,14 +241,14 @@ fn move_after_one_moves_after_the_first_request() {
     let dir = TempDir::new("moves-after-1");
     let s = Server::known(&dir, &["--move-after", "1"]);
     let user = 6;
-    let mut c = connection_away_from(&s, user);
-    let forwarded = total(&s, "forwarded_out");
+    let mut c = s.connection_away_from(user, "");
+    let forwarded = s.total("forwarded_out");
     for k in 0..5 {
         assert_eq!(
             c.get(&format!("/feed/{user}?size=1")).items(),
             [feed_of(user)[k]]
         );
     }
-    assert_eq!(total(&s, "forwarded_out"), forwarded);
-    assert_eq!(total(&s, "connections_moved"), 1);
+    assert_eq!(s.total("forwarded_out"), forwarded);
+    assert_eq!(s.total("connections_moved"), 1);
 }

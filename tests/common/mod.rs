@@ -151,6 +151,33 @@ impl Server {
     pub fn get(&self, target: &str) -> Response {
         get_from(self.addr, target)
     }
+
+    /// Whole-server counter `key` of `/stats` (asked on a new connection).
+    pub fn total(&self, key: &str) -> u64 {
+        let body = self.get("/stats").body;
+        let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+        st["all"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} in {st}"))
+    }
+
+    /// A keep-alive connection accepted by a shard that does not own `user`
+    /// (the kernel spreads connections over the shards' listeners): found by
+    /// a `HEAD` (no progress) that was forwarded, sent with `extra` header
+    /// lines (each ending in CRLF).
+    pub fn connection_away_from(&self, user: u32, extra: &str) -> Client {
+        for _ in 0..64 {
+            let before = self.total("forwarded_out");
+            let mut c = self.connect();
+            let head = format!("HEAD /feed/{user}?size=1 HTTP/1.1\r\nHost: test\r\n{extra}\r\n");
+            c.send(head.as_bytes());
+            assert_eq!(c.head_response().status, 200);
+            if self.total("forwarded_out") > before {
+                return c;
+            }
+        }
+        panic!("64 connections, none on a shard that does not own user {user}");
+    }
 }
 
 impl Drop for Server {
