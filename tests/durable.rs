@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -367,6 +367,72 @@ fn journal_stats(s: &Server, shard: usize) -> serde_json::Value {
     stats["shards"][shard]["stats"]["journal"].clone()
 }
 
+/// Unmounts a test's tmpfs when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a 256 KiB tmpfs on `dir` (made here), too small for a journal
+/// segment: a full disk. `None`, with a loud skip for `test`, where mounting
+/// is not allowed.
+fn small_tmpfs(dir: &Path, test: &str) -> Option<Unmount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", path_str(dir)])
+        .status();
+    if !mount.is_ok_and(|s| s.success()) {
+        skipped(
+            test,
+            "cannot mount a tmpfs (needs root; .ci/run runs as root)",
+        );
+        return None;
+    }
+    Some(Unmount(dir.to_path_buf()))
+}
+
+/// A disk that stays full is logged once per shard, not at every retry
+/// (every 0.5 s), though each retry tries a new file.
+#[test]
+fn a_full_disk_is_logged_once_not_at_every_retry() {
+    let dir = TempDir::new("durable-full-log");
+    let feeds = feed_file(&dir);
+    let state = dir.0.join("state");
+    let Some(_unmount) = small_tmpfs(&state, "a_full_disk_is_logged_once_not_at_every_retry")
+    else {
+        return;
+    };
+    let args = [
+        "--feed",
+        &feeds,
+        "--state-dir",
+        path_str(&state),
+        "--shards",
+        "2",
+    ];
+    let mut s = Server::start_with_stderr(&args, Stdio::piped());
+    let mut stderr = s.child.stderr.take().unwrap();
+    let _ = s.get("/feed/5?size=2");
+    // Three retries or more per shard.
+    std::thread::sleep(Duration::from_millis(2_000));
+    for shard in 0..2 {
+        assert!(journal_stats(&s, shard)["errors"].as_u64().unwrap() >= 3);
+    }
+    let _ = s.terminate(Duration::from_secs(10));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    for shard in 0..2 {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(&format!("degraded: journal (shard {shard})")))
+            .count();
+        assert_eq!(lines, 1, "shard {shard}:\n{log}");
+    }
+}
+
 /// A full disk: pages are still served, the journal says it is degraded and
 /// counts errors; given room again it recovers by itself, and the progress
 /// made meanwhile survives a crash.
@@ -375,24 +441,9 @@ fn a_full_disk_degrades_and_recovers_by_itself() {
     let dir = TempDir::new("durable-full");
     let feeds = feed_file(&dir);
     let state = dir.0.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mount = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", path_str(&state)])
-        .status();
-    if !mount.is_ok_and(|s| s.success()) {
-        skipped(
-            "a_full_disk_degrades_and_recovers_by_itself",
-            "cannot mount a tmpfs (needs root; .ci/run runs as root)",
-        );
+    let Some(_unmount) = small_tmpfs(&state, "a_full_disk_degrades_and_recovers_by_itself") else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&state);
+    };
     let s = start(&feeds, &state, &["--shards", "1", "--fsync", "always"]);
     for k in 0..20 {
         let page = s.get("/feed/5?size=2").items();

@@ -1168,11 +1168,32 @@ impl Writer {
                 // A new file is made, zeroed, as a free file first, then
                 // used as a recycled one: a crash while it is zeroed
                 // leaves a free file, never a segment without a header.
-                let free = self.inner.new_free_path(&mut self.inner.st.borrow_mut());
-                let file = self.create(&free).await?;
+                let (free, n) = {
+                    let mut st = self.inner.st.borrow_mut();
+                    let n = st.next_free;
+                    (self.inner.new_free_path(&mut st), n)
+                };
+                // A failed try leaves no file, and gives its number back
+                // unless a later one was taken meanwhile (a checkpoint's):
+                // the retries of a full disk then report the same name (one
+                // log line, not one per retry).
+                let give_back = |inner: &Inner| {
+                    let mut st = inner.st.borrow_mut();
+                    if st.next_free == n + 1 {
+                        st.next_free = n;
+                    }
+                };
+                let file = match self.create(&free).await {
+                    Ok(file) => file,
+                    Err(e) => {
+                        give_back(&self.inner);
+                        return Err(e);
+                    }
+                };
                 if let Err(e) = self.zero_fill(&file, &free).await {
                     let _ = file.close().await;
                     let _ = glommio::io::remove(&free).await;
+                    give_back(&self.inner);
                     return Err(e);
                 }
                 (file, Some(free))
