@@ -253,6 +253,25 @@ fn pages_answered_during_a_stop_survive_it() {
     }
 }
 
+/// A junk file named like a segment of the last generation there can be
+/// is ignored, and does not decide this run's generation: the starts after
+/// it go on (they used to refuse, having named their own files after it).
+#[test]
+fn a_junk_file_named_for_the_last_generation_does_not_stop_later_starts() {
+    let dir = TempDir::new("durable-junk-generation");
+    let feeds = feed_file(&dir);
+    let state = dir.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let junk = state.join("journal-18446744073709551613-0000-0000000000.log");
+    std::fs::write(junk, [0x5a; 600]).unwrap();
+    for run in 0..3 {
+        let s = start(&feeds, &state, &["--shards", "2"]);
+        assert_eq!(next_position(&s, 7), run, "start {run}");
+        let (status, _, _) = s.terminate(Duration::from_secs(10));
+        assert!(status.success());
+    }
+}
+
 #[test]
 fn damaged_journal_files_keep_the_valid_prefix() {
     let dir = TempDir::new("durable-damaged");

@@ -570,6 +570,12 @@ fn junk_in_the_state_dir_is_ignored_and_named() {
     let w = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
     w("README", b"hello");
     w("journal-00000009-0000-0000000000.log", &[0xAB; 5000]);
+    // Junk that claims the end of the range of generations.
+    w(
+        "journal-18446744073709551613-0000-0000000000.log",
+        &[0x5A; 600],
+    );
+    w("journal-00000002-0000-0000000000.log", &[0x11; 600]);
     w("journal-00000001-0000-0000000007.log", b"");
     w("checkpoint-00000001-0000-0000000003.ckpt", &[0u8; 1024]);
     w("checkpoint-00000001-0000-0000000004.ckpt.tmp", b"half");
@@ -610,8 +616,8 @@ fn junk_in_the_state_dir_is_ignored_and_named() {
     let r = recover(&dir).unwrap();
     assert_eq!(r.users, vec![p(5, 5)]);
     assert_eq!(
-        r.generation, 10,
-        "past every generation named, junk included"
+        r.generation, 3,
+        "after the newest generation read (1), past the names of junk (2)"
     );
     let ignored: BTreeMap<&str, &str> = r
         .report
@@ -621,6 +627,7 @@ fn junk_in_the_state_dir_is_ignored_and_named() {
         .collect();
     assert!(ignored["README"].contains("not ours"));
     assert!(ignored["journal-00000009-0000-0000000000.log"].contains("junk"));
+    assert!(ignored["journal-18446744073709551613-0000-0000000000.log"].contains("junk"));
     assert!(ignored["journal-00000001-0000-0000000007.log"].contains("junk"));
     assert!(ignored["checkpoint-00000001-0000-0000000003.ckpt"].contains("junk"));
     assert!(ignored["journal-00000001-0000-0000000009.log"].contains("not a regular file"));

@@ -24,9 +24,12 @@
 //! anything else                                  ignored, and named in the start-up report
 //! ```
 //!
-//! Every start is a new generation (largest generation in any file name,
-//! plus one), so a run never appends to a file of an earlier run, and a run
-//! with another `--shards` writes beside the old files without touching them.
+//! Every start is a new generation (the largest generation of a file read,
+//! plus one, skipping any generation another file's name claims, so that a
+//! junk file named like ours can neither meet a new file's name nor push
+//! the generation to the end of its range), so a run never appends to a
+//! file of an earlier run, and a run with another `--shards` writes beside
+//! the old files without touching them.
 //!
 //! Both kinds of file start with a header in their first write unit (`unit`:
 //! 512 bytes, or the device's logical block size if larger), followed by

@@ -9,7 +9,7 @@
 //! threads), each bucket is sorted by user (stable, cache-sized) and only
 //! the last record of each user is kept. No hash map is built.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -196,7 +196,9 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
         dir: dir.to_path_buf(),
         ..RecoveryReport::default()
     };
-    let mut max_generation = 0u64;
+    // Every generation a file name claims, valid or not: this run's must
+    // differ from all of them, so that its files never meet an old name.
+    let mut named = BTreeSet::new();
     let mut segments = Vec::new();
     let mut checkpoints = Vec::new();
     for entry in entries {
@@ -214,7 +216,7 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
         };
         let parsed = FileName::parse(name);
         if let Some(g) = parsed.and_then(|p| p.generation()) {
-            max_generation = max_generation.max(g);
+            named.insert(g);
         }
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         match parsed {
@@ -242,10 +244,6 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
             None => report.ignored.push((name.into(), "not ours (name)".into())),
         }
     }
-    let generation = max_generation.checked_add(1).filter(|g| *g < u64::MAX).ok_or_else(|| {
-        format!("{flag} {shown}: a file name claims generation {max_generation}: move the directory away")
-    })?;
-
     // Choose each (generation, shard)'s newest checkpoint with a valid header.
     checkpoints.sort();
     let mut chosen: BTreeMap<(u64, u32), (u64, String, FileHeader)> = BTreeMap::new();
@@ -332,6 +330,18 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
             Err((name, why)) => report.ignored.push((name, why)),
         }
     }
+    // This run's generation follows the newest one read, not the newest
+    // name: a junk file named like ours (its header fails) must not push it
+    // to the end of the range, where the next start could not go on.
+    let newest = report
+        .files
+        .iter()
+        .filter_map(|f| FileName::parse(&f.name).and_then(|n| n.generation()))
+        .max()
+        .unwrap_or(0);
+    let generation = next_generation(newest, &named).ok_or_else(|| {
+        format!("{flag} {shown}: a journal file of generation {newest} was read, the last there can be: move the directory away")
+    })?;
     let users = merge_latest(parts, threads);
     report.users = users.len();
     report.threads = threads;
@@ -343,6 +353,16 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
         report,
         lock,
     })
+}
+
+/// The first generation after `newest` that no file name in `named` claims
+/// (`None` past the end of the range).
+fn next_generation(newest: u64, named: &BTreeSet<u64>) -> Option<u64> {
+    let mut g = newest.checked_add(1)?;
+    while named.contains(&g) {
+        g = g.checked_add(1)?;
+    }
+    (g < u64::MAX).then_some(g)
 }
 
 fn lock_dir(dir: &Path, flag: &str) -> Result<DirLock, String> {
@@ -851,6 +871,22 @@ mod tests {
             m.insert(r.user, *r);
         }
         m.into_values().collect()
+    }
+
+    #[test]
+    fn the_next_generation_follows_the_newest_read_and_skips_named_ones() {
+        let named = |g: &[u64]| g.iter().copied().collect::<BTreeSet<u64>>();
+        assert_eq!(next_generation(0, &named(&[])), Some(1));
+        assert_eq!(next_generation(3, &named(&[1, 3, 4, 5, 9])), Some(6));
+        assert_eq!(next_generation(3, &named(&[u64::MAX - 2])), Some(4));
+        assert_eq!(
+            next_generation(u64::MAX - 2, &named(&[])),
+            Some(u64::MAX - 1)
+        );
+        assert_eq!(next_generation(u64::MAX - 1, &named(&[])), None);
+        let end = named(&[u64::MAX - 2, u64::MAX - 1]);
+        assert_eq!(next_generation(u64::MAX - 3, &end), None);
+        assert_eq!(next_generation(u64::MAX, &named(&[])), None);
     }
 
     #[test]
