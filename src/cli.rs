@@ -640,7 +640,22 @@ impl ServeArgs {
             }
             _ => (self.listen, self.shards, None),
         };
-        let cpus = host::choose_cpus(self.cpus.as_deref(), shards, &host::available_cpus())?;
+        let available = host::available_cpus();
+        if let Some(seat) = &cluster {
+            // SHARDS comes from the file here: say so, not `--shards`.
+            let me = &seat.cluster.instances[seat.instance];
+            let listed = host::choose_cpus(self.cpus.as_deref(), None, &available)?;
+            if me.shards > listed.len() {
+                return Err(format!(
+                    "instance {} has {} shards in the --cluster file, more than the {} CPUs \
+                     available to it: give it fewer SHARDS there, or list more CPUs with --cpus",
+                    me.name,
+                    me.shards,
+                    listed.len()
+                ));
+            }
+        }
+        let cpus = host::choose_cpus(self.cpus.as_deref(), shards, &available)?;
         let idle_poll = self
             .idle_poll
             .resolve(self.state_dir.as_ref().map(|_| self.fsync), cpus.len());

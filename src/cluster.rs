@@ -85,6 +85,19 @@ pub struct ClusterSeat {
     pub instance: usize,
 }
 
+impl ClusterSeat {
+    /// What to change when this instance's ports are taken: they come from
+    /// its line of the cluster file, not from `--listen`.
+    pub fn change_port(&self) -> String {
+        let me = &self.cluster.instances[self.instance];
+        format!(
+            "give instance {} another PORT in the --cluster file (it uses PORT and the {} \
+             after it, one per shard)",
+            me.name, me.shards
+        )
+    }
+}
+
 /// A parsed cluster file and its ownership table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {

@@ -64,6 +64,8 @@ pub use state::StateConfig;
 const IO_MEMORY: usize = 128 * 1024;
 /// How often a shard looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// What to change when the admin address is in use.
+const ADMIN_CHANGE: &str = "choose another --admin-listen";
 /// How often a drained shard looks whether the others have drained too.
 const DRAINED_POLL: Duration = Duration::from_millis(5);
 /// How often a shard checks its connections' deadlines: timeouts fire up to
@@ -167,8 +169,15 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     // Before any thread starts, so that every thread inherits the mask and
     // only the signal thread receives SIGINT, SIGTERM and SIGHUP.
     let signals = listen::block_signals()?;
-    let listeners = bind(config.listen, shards)?;
-    let admin = config.admin_listen.map(|a| bind(a, shards)).transpose()?;
+    let change = match &config.cluster {
+        Some(seat) => seat.change_port(),
+        None => "choose another --listen".to_string(),
+    };
+    let listeners = bind(config.listen, shards, &change)?;
+    let admin = config
+        .admin_listen
+        .map(|a| bind(a, shards, ADMIN_CHANGE))
+        .transpose()?;
     match &admin {
         Some(a) => crate::log_line!(
             "bound {} (admin {}); loading: /healthz answers 503 loading until serving",
@@ -261,7 +270,7 @@ fn notify(state: &[sd_notify::NotifyState]) {
 pub fn start(config: &ServeConfig, listeners: Listeners) -> Result<Running, String> {
     let admin = config
         .admin_listen
-        .map(|a| bind(a, config.cpus.len()))
+        .map(|a| bind(a, config.cpus.len(), ADMIN_CHANGE))
         .transpose()?;
     launch(config, listeners, admin, Health::new())
 }

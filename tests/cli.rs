@@ -112,6 +112,84 @@ fn port_in_use_is_an_error_not_a_silent_share() {
     );
 }
 
+/// In a cluster the ports and the shard count come from the cluster file:
+/// the errors say to change it there, not `--listen` or `--shards`, which
+/// `--cluster` does not take.
+#[test]
+fn cluster_errors_name_the_cluster_file_not_flags_it_replaces() {
+    let dir = TempDir::new("cli-cluster-errors");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let port = free_ports(2);
+    let many = dir.file("many.txt", &format!("a 127.0.0.1:{port} {}\n", cpus + 1));
+    let out = run(&[
+        "serve",
+        "--cluster",
+        path_str(&many),
+        "--instance",
+        "a",
+        "--users",
+        "10",
+    ]);
+    common::fails_with(out, &["instance a has", "--cluster file", "fewer SHARDS"]);
+    let out = run(&[
+        "serve",
+        "--cluster",
+        path_str(&many),
+        "--instance",
+        "a",
+        "--users",
+        "10",
+    ]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("lower --shards"));
+
+    // Shard 0's own port (PORT+1) taken by someone else.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+    let one = dir.file("one.txt", &format!("a 127.0.0.1:{port} 1\n"));
+    let out = run(&[
+        "serve",
+        "--cluster",
+        path_str(&one),
+        "--instance",
+        "a",
+        "--users",
+        "10",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    common::fails_with(
+        out,
+        &[
+            "is already in use",
+            "give instance a another PORT in the --cluster file",
+        ],
+    );
+    assert!(!said.contains("--listen"), "{said}");
+    drop(taken);
+}
+
+/// A server killed with `kill -9` while clients hold connections leaves its
+/// listeners behind for a moment (the kernel tears its io_uring rings down
+/// after it); a new one started at once on the same port waits for them
+/// instead of calling the port taken.
+#[test]
+fn a_restart_right_after_kill_9_gets_the_port() {
+    let port = free_ports(0).to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut first = Spawned::serve(&["--listen", &listen, "--shards", "2", "--users", "10"]);
+    first.listening();
+    let idle: Vec<_> = (0..8)
+        .map(|_| Client::connect(listen.parse().unwrap()))
+        .collect();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(first.child.id() as i32, libc::SIGKILL) };
+    let _ = first.child.wait();
+    let mut second = Spawned::serve(&["--listen", &listen, "--shards", "2", "--users", "10"]);
+    let addr = second.listening();
+    assert_eq!(addr.to_string(), listen);
+    assert_eq!(get_from(addr, "/feed/1?size=2").status, 200);
+    drop(idle);
+    second.stop(Duration::from_secs(10));
+}
+
 #[test]
 fn gen_writes_a_feed_file() {
     let out = run(&["gen", "--users", "3", "--feed-len", "4", "--items", "100"]);

@@ -42,7 +42,8 @@ fn start_serve_stop_and_report() {
         unreachable!()
     };
     let config = args.config().unwrap();
-    let listeners = server::bind(config.listen, config.cpus.len()).unwrap();
+    let listeners =
+        server::bind(config.listen, config.cpus.len(), "choose another --listen").unwrap();
     let running = server::start(&config, listeners).unwrap();
     let addr = running.addr;
     assert_ne!(addr.port(), 0);

@@ -2,10 +2,17 @@
 //! signals.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const LISTEN_BACKLOG: i32 = 4096;
+/// How long a fixed port that is in use is probed again before that is an
+/// error: the listeners of a process killed a moment ago (a `kill -9` and an
+/// immediate restart) outlive it while the kernel tears down its io_uring
+/// rings, measured ~0.6 s here.
+const IN_USE_PATIENCE: Duration = Duration::from_secs(3);
+const IN_USE_RETRY: Duration = Duration::from_millis(50);
 
 /// One bound `SO_REUSEPORT` listener per shard, all on `addr`.
 pub struct Listeners {
@@ -17,18 +24,32 @@ pub struct Listeners {
 /// Binds one `SO_REUSEPORT` listener per shard on the same address. Port 0 is
 /// resolved once and shared. A fixed port is first probed without
 /// `SO_REUSEPORT`, so that a server already listening there (a stale
-/// shardfeed would otherwise silently share it) is an error.
-pub fn bind(addr: SocketAddr, n: usize) -> Result<Listeners, String> {
+/// shardfeed would otherwise silently share it) is an error, after
+/// [`IN_USE_PATIENCE`] (a server that has just died lets go by then).
+/// `change` says what to change then (e.g. "choose another --listen").
+pub fn bind(addr: SocketAddr, n: usize, change: &str) -> Result<Listeners, String> {
     let in_use = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("{addr} is already in use (another server, or a shardfeed still running?): stop it or choose another --listen")
+            format!("{addr} is already in use (another server, or a shardfeed still running?), still after {} s: stop it or {change}", IN_USE_PATIENCE.as_secs())
         } else {
             format!("cannot listen on {addr}: {e}")
         }
     };
     if addr.port() != 0 {
-        let probe = new_socket(addr).map_err(in_use)?;
-        probe.bind(&SockAddr::from(addr)).map_err(in_use)?;
+        let since = Instant::now();
+        loop {
+            let probe = new_socket(addr).map_err(in_use)?;
+            match probe.bind(&SockAddr::from(addr)) {
+                Ok(()) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && since.elapsed() < IN_USE_PATIENCE =>
+                {
+                    std::thread::sleep(IN_USE_RETRY)
+                }
+                Err(e) => return Err(in_use(e)),
+            }
+        }
     }
     let mut bound = addr;
     let mut listeners = Vec::with_capacity(n);

@@ -22,7 +22,8 @@ pub(super) fn bind_shard_ports(
     for i in 0..me.shards {
         let mut addr = shared;
         addr.set_port(me.port + 1 + i as u16);
-        let mut bound = bind(addr, 1).map_err(|e| format!("shard {i}'s own port: {e}"))?;
+        let mut bound =
+            bind(addr, 1, &seat.change_port()).map_err(|e| format!("shard {i}'s own port: {e}"))?;
         ports.push(bound.sockets.pop());
     }
     crate::log_line!(
