@@ -473,8 +473,10 @@ pub struct ServeArgs {
     /// answers waiting together); `everysec`: written within 0.1 s and synced
     /// within 0.5 s, answers do not wait; `never`: an answer leaves once its
     /// progress is written, never synced (survives the process being killed,
-    /// not the machine losing power).
-    #[arg(long, value_name = "POLICY", default_value = "everysec", value_parser = parse_fsync)]
+    /// not the machine losing power). Without --state-dir it is an error
+    /// (progress would be kept in memory only, whatever it says).
+    #[arg(long, value_name = "POLICY", default_value = "everysec", value_parser = parse_fsync,
+          requires = "state_dir")]
     pub fsync: FsyncPolicy,
     /// On SIGINT/SIGTERM, how long to wait for open requests to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

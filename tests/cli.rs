@@ -44,6 +44,8 @@ fn bad_flags() {
             &["--feed-len", "100", "--items", "10"],
             "--items (10) must be at least --feed-len (100)",
         ),
+        // A sync policy with nowhere to keep progress: not silently nothing.
+        (&["--fsync", "always"], "--state-dir <DIR>"),
     ];
     for (flags, wanted) in cases {
         let mut args = vec!["serve"];
