@@ -98,6 +98,81 @@ impl ClusterSeat {
     }
 }
 
+/// What a cluster instance's state directory says of itself (its
+/// `INSTANCE` file): its name, and the names of every instance of its
+/// cluster then. `relayout` uses it to refuse a layout change that leaves
+/// out an old instance's directory (whose users would start again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub instance: String,
+    pub cluster: Vec<String>,
+}
+
+/// The marker's file in a state directory.
+pub const MARKER_FILE: &str = "INSTANCE";
+
+impl Marker {
+    fn encode(&self) -> String {
+        format!(
+            "shardfeed state of instance {}\ncluster {}\n",
+            self.instance,
+            self.cluster.join(" ")
+        )
+    }
+
+    /// `None` for text that is not a marker (a hand-edited or torn file):
+    /// then nothing is checked against it.
+    pub fn decode(text: &str) -> Option<Marker> {
+        let mut lines = text.lines();
+        let instance = lines.next()?.strip_prefix("shardfeed state of instance ")?;
+        let cluster: Vec<String> = lines
+            .next()?
+            .strip_prefix("cluster ")?
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        let ok = |n: &str| !n.is_empty() && !n.contains(char::is_whitespace);
+        (ok(instance) && cluster.iter().all(|n| ok(n)) && cluster.iter().any(|n| n == instance))
+            .then(|| Marker {
+                instance: instance.to_string(),
+                cluster,
+            })
+    }
+
+    /// Reads `dir`'s marker, if it has a valid one.
+    pub fn read(dir: &Path) -> Option<Marker> {
+        let text = std::fs::read_to_string(dir.join(MARKER_FILE)).ok()?;
+        Marker::decode(&text)
+    }
+}
+
+impl ClusterSeat {
+    /// This instance's marker.
+    pub fn marker(&self) -> Marker {
+        Marker {
+            instance: self.cluster.instances[self.instance].name.clone(),
+            cluster: self
+                .cluster
+                .instances
+                .iter()
+                .map(|i| i.name.clone())
+                .collect(),
+        }
+    }
+
+    /// Writes this instance's marker into its state directory `dir`
+    /// (whole: a temporary file, synced, renamed, the directory synced).
+    pub fn write_marker(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(self.marker().encode().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(MARKER_FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
 /// A parsed cluster file and its ownership table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
@@ -341,6 +416,31 @@ pub fn murmur2(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_reads_back_and_junk_is_no_marker() {
+        let cluster = Cluster::parse("a 127.0.0.1:7000 2\nb 127.0.0.1:7100 1\n").unwrap();
+        let seat = ClusterSeat {
+            cluster: std::sync::Arc::new(cluster),
+            instance: 1,
+        };
+        let m = seat.marker();
+        assert_eq!(
+            (m.instance.as_str(), m.cluster.join(",")),
+            ("b", "a,b".into())
+        );
+        assert_eq!(Marker::decode(&m.encode()), Some(m.clone()));
+        for junk in [
+            "",
+            "hello\n",
+            "shardfeed state of instance b\n",
+            "shardfeed state of instance c\ncluster a b\n",
+            "shardfeed state of instance \ncluster a b\n",
+            "shardfeed state of instance b\ncluster a  b\n",
+        ] {
+            assert_eq!(Marker::decode(junk), None, "{junk:?}");
+        }
+    }
 
     /// The README's example cluster.
     pub const EXAMPLE: &str = "# two hosts\n\

@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Marker};
 use crate::journal::{self, DirLock, Progress};
 
 /// One `--from` directory, and the old instance it belonged to (an index
@@ -95,6 +95,9 @@ pub fn relayout(plan: &Plan) -> Result<Report, String> {
     check_out_dir(&plan.out)?;
     if plan.sources.is_empty() {
         return Err("no --from directory: give the old instances' state directories".into());
+    }
+    if plan.old.is_none() {
+        check_every_instance_given(&plan.sources)?;
     }
 
     // The first pair of each new instance, in `cluster.pairs()` order.
@@ -242,6 +245,37 @@ pub fn relayout(plan: &Plan) -> Result<Report, String> {
 }
 
 /// `ROOT` must be missing (it is created) or an empty directory.
+/// Without `--old-cluster`: the `INSTANCE` files of the `--from`
+/// directories (written by `serve --cluster`) name the instances of their
+/// cluster; one of those whose directory is not given would have its users
+/// start again. Directories without one (not a cluster's, or written by
+/// `relayout` and not started since) are not checked.
+fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
+    let markers: Vec<Marker> = sources
+        .iter()
+        .filter_map(|s| Marker::read(&s.dir))
+        .collect();
+    let given: std::collections::BTreeSet<&str> =
+        markers.iter().map(|m| m.instance.as_str()).collect();
+    let missing: std::collections::BTreeSet<&str> = markers
+        .iter()
+        .flat_map(|m| m.cluster.iter().map(String::as_str))
+        .filter(|n| !given.contains(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list =
+        |s: &std::collections::BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
+    Err(format!(
+        "the --from directories are of instance(s) {} of a cluster that also had {}, \
+         whose directories are not given (their users would start again): \
+         give each with --from; nothing written",
+        list(&given),
+        list(&missing)
+    ))
+}
+
 fn check_out_dir(out: &Path) -> Result<(), String> {
     let shown = out.display();
     match std::fs::read_dir(out) {

@@ -297,6 +297,17 @@ fn launch(
         .chain(own_ports.iter().flatten());
     let responder = loading::Responder::start(all_sockets, health.clone())?;
     let recovery = state::recover(config.state.as_ref())?;
+    if let (Some(seat), Some(st)) = (&config.cluster, &config.state) {
+        // For `relayout` (a layout change must not leave an instance out);
+        // a full disk must not stop the start, so only said.
+        if let Err(e) = seat.write_marker(&st.dir) {
+            crate::log_line!(
+                "warning: cannot write {} in --state-dir {}: {e}",
+                crate::cluster::MARKER_FILE,
+                st.dir.display()
+            );
+        }
+    }
     let ownership = shard::Ownership::new(shards, config.cluster.clone());
     // A user of another instance belongs to no shard here.
     let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, &ownership)?;

@@ -204,6 +204,26 @@ fn relayout_keeps_every_users_progress_across_layouts() {
     );
 
     let (file2, c2) = cluster_file(&dir, "c2.txt", &[("a", 1), ("b", 2), ("c", 2)]);
+    // Each instance's directory says which cluster it was of (INSTANCE):
+    // leaving b's out is refused, as its users would start again.
+    for (inst, state) in c1.instances.iter().zip(&states1) {
+        let marker = std::fs::read_to_string(state.join("INSTANCE")).unwrap();
+        assert!(
+            marker.contains(&format!("instance {}", inst.name)),
+            "{marker}"
+        );
+    }
+    let left_out = dir.0.join("left-out");
+    let (ok, _, stderr) = relayout(&[
+        "--cluster",
+        path_str(&file2),
+        "--from",
+        path_str(&states1[0]),
+        "--out-dir",
+        path_str(&left_out),
+    ]);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("also had b"), "{stderr}");
     let root2 = dir.0.join("layout2");
     let states2 = relayout_and_check((&c1, &states1), (&file2, &c2), &root2);
     // Users move: some now belong to another instance than before.

@@ -661,12 +661,19 @@ pub enum FileName {
         n: u64,
     },
     Lock,
+    /// `INSTANCE`: which cluster instance the directory belongs to (written
+    /// by `serve --cluster`, read by `relayout`; see `cluster.rs`). Never
+    /// read by recovery. `INSTANCE.tmp`, one being written, parses as it too.
+    Instance,
 }
 
 impl FileName {
     pub fn parse(name: &str) -> Option<FileName> {
         if name == "LOCK" {
             return Some(FileName::Lock);
+        }
+        if name == "INSTANCE" || name == "INSTANCE.tmp" {
+            return Some(FileName::Instance);
         }
         let num = |s: &str| -> Option<u64> {
             if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -763,6 +770,7 @@ impl std::fmt::Display for FileName {
             }
             FileName::Free { shard, n } => write!(f, "free-{shard:04}-{n:010}.log"),
             FileName::Lock => write!(f, "LOCK"),
+            FileName::Instance => write!(f, "INSTANCE"),
         }
     }
 }
@@ -1128,6 +1136,7 @@ mod tests {
             },
             FileName::Free { shard: 1, n: 4 },
             FileName::Lock,
+            FileName::Instance,
         ];
         for n in names {
             assert_eq!(FileName::parse(&n.to_string()), Some(n), "{n}");

@@ -220,7 +220,7 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
         }
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         match parsed {
-            Some(FileName::Lock) => {}
+            Some(FileName::Lock | FileName::Instance) => {}
             Some(_) if !is_file => report
                 .ignored
                 .push((name.into(), "not a regular file".into())),
