@@ -90,9 +90,20 @@ type Found = (Progress, u32);
 /// `Err` says what to change; nothing is written unless every source reads
 /// and agrees.
 pub fn relayout(plan: &Plan) -> Result<Report, String> {
+    let created = check_out_dir(&plan.out)?;
+    let r = relayout_into(plan);
+    if r.is_err() && created {
+        // Refused: leave no trace. Only if still empty: a write that failed
+        // halfway leaves its parts (remove ROOT and run again, the README says).
+        let _ = std::fs::remove_dir(&plan.out);
+    }
+    r
+}
+
+/// [`relayout`], its `--out-dir` checked.
+fn relayout_into(plan: &Plan) -> Result<Report, String> {
     let started = Instant::now();
     let cluster = &plan.cluster;
-    check_out_dir(&plan.out)?;
     if plan.sources.is_empty() {
         return Err("no --from directory: give the old instances' state directories".into());
     }
@@ -276,7 +287,8 @@ fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
     ))
 }
 
-fn check_out_dir(out: &Path) -> Result<(), String> {
+/// An empty `--out-dir`, made here if it did not exist (then `true`).
+fn check_out_dir(out: &Path) -> Result<bool, String> {
     let shown = out.display();
     match std::fs::read_dir(out) {
         Ok(mut entries) => {
@@ -286,9 +298,10 @@ fn check_out_dir(out: &Path) -> Result<(), String> {
                      (nothing is written over)"
                 ));
             }
-            Ok(())
+            Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(out)
+            .map(|()| true)
             .map_err(|e| format!("cannot create --out-dir {shown}: {e}")),
         Err(e) if out.exists() && !out.is_dir() => Err(format!(
             "--out-dir {shown} is not a directory ({e}): give a new or empty directory"

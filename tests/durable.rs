@@ -362,6 +362,21 @@ fn a_state_dir_that_cannot_be_used_is_a_clear_error() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("always, everysec or never"));
+    // A LOCK that is a directory is named as what to remove.
+    let locked = dir.0.join("lock-is-a-dir");
+    std::fs::create_dir_all(locked.join("LOCK")).unwrap();
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--feed",
+        &feeds,
+        "--state-dir",
+        path_str(&locked),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("its LOCK is a directory: remove it"), "{err}");
     // Junk in the directory is ignored and named.
     let state = dir.0.join("state");
     std::fs::create_dir_all(&state).unwrap();

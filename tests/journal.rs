@@ -653,6 +653,26 @@ fn junk_in_the_state_dir_is_ignored_and_named() {
     );
 }
 
+/// Thousands of junk files are each in the report, but the start-up text
+/// names only the first ones and counts the rest.
+#[test]
+fn many_junk_files_are_counted_not_each_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    for i in 0..500 {
+        std::fs::write(dir.join(format!("junk-{i}.txt")), b"x").unwrap();
+    }
+    let r = recover(&dir).unwrap();
+    assert_eq!(r.report.ignored.len(), 500);
+    let text = r.report.to_string();
+    assert_eq!(
+        text.lines().filter(|l| l.contains("ignored junk-")).count(),
+        20,
+        "{text}"
+    );
+    assert!(text.contains("ignored 480 more files"), "{text}");
+}
+
 #[test]
 fn a_torn_tail_is_dropped_and_said() {
     let tmp = tempfile::tempdir().unwrap();

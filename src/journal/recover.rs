@@ -23,6 +23,8 @@ use super::format::{
 };
 use super::Progress;
 
+/// Ignored files named one per line at start; the rest are counted.
+const IGNORED_SHOWN: usize = 20;
 /// Bytes read at a time from one file.
 const CHUNK: usize = 1 << 20;
 /// How long start-up waits for another holder of the lock to let go.
@@ -140,8 +142,15 @@ impl std::fmt::Display for RecoveryReport {
                 write!(f, "\n  {}: {d}", file.name)?;
             }
         }
-        for (name, why) in &self.ignored {
+        for (name, why) in self.ignored.iter().take(IGNORED_SHOWN) {
             write!(f, "\n  ignored {name}: {why}")?;
+        }
+        if self.ignored.len() > IGNORED_SHOWN {
+            write!(
+                f,
+                "\n  ignored {} more files (not ours, or junk)",
+                self.ignored.len() - IGNORED_SHOWN
+            )?;
         }
         for name in &self.removed {
             write!(f, "\n  removed unfinished checkpoint {name}")?;
@@ -374,10 +383,17 @@ fn lock_dir(dir: &Path, flag: &str) -> Result<DirLock, String> {
         .truncate(false)
         .open(&path)
         .map_err(|e| {
-            format!(
-                "cannot write in {flag} {}: {e}: make it writable",
-                dir.display()
-            )
+            if path.is_dir() {
+                format!(
+                    "{flag} {}: its LOCK is a directory: remove it (shardfeed keeps a LOCK file there)",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "cannot write in {flag} {} (its LOCK file): {e}: make it writable",
+                    dir.display()
+                )
+            }
         })?;
     // A holder that is exiting (a restart), or a copy of our descriptor in
     // a child between fork and exec, lets go soon: retry for a while.
