@@ -132,17 +132,9 @@ fn cluster_errors_name_the_cluster_file_not_flags_it_replaces() {
         "--users",
         "10",
     ]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
     common::fails_with(out, &["instance a has", "--cluster file", "fewer SHARDS"]);
-    let out = run(&[
-        "serve",
-        "--cluster",
-        path_str(&many),
-        "--instance",
-        "a",
-        "--users",
-        "10",
-    ]);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("lower --shards"));
+    assert!(!said.contains("lower --shards"), "{said}");
 
     // Shard 0's own port (PORT+1) taken by someone else.
     let taken = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();

@@ -54,6 +54,16 @@ fn next_position(s: &Server, user: u32) -> u32 {
     position(user, items[0]).expect("a personalized item")
 }
 
+/// Starts on `state` with `flags`, takes `user`'s next position (serving
+/// one item) and stops cleanly.
+fn position_after_restart(feeds: &str, state: &Path, flags: &[&str], user: u32) -> u32 {
+    let s = start(feeds, state, flags);
+    let next = next_position(&s, user);
+    let (status, _, _) = s.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    next
+}
+
 fn kill9(s: Server) {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(s.child.id() as i32, libc::SIGKILL) };
@@ -242,14 +252,11 @@ fn pages_answered_during_a_stop_survive_it() {
         drop(c);
         let (status, _, _) = s.wait_exit(Duration::from_secs(20));
         assert!(status.success(), "{policy}: {status}");
-        let s = start(&feeds, &state, &["--shards", "2"]);
         assert_eq!(
-            next_position(&s, user),
+            position_after_restart(&feeds, &state, &["--shards", "2"], user),
             10,
             "{policy}: the page answered during the stop was forgotten"
         );
-        let (status, _, _) = s.terminate(Duration::from_secs(10));
-        assert!(status.success());
     }
 }
 
@@ -265,10 +272,8 @@ fn a_junk_file_named_for_the_last_generation_does_not_stop_later_starts() {
     let junk = state.join("journal-18446744073709551613-0000-0000000000.log");
     std::fs::write(junk, [0x5a; 600]).unwrap();
     for run in 0..3 {
-        let s = start(&feeds, &state, &["--shards", "2"]);
-        assert_eq!(next_position(&s, 7), run, "start {run}");
-        let (status, _, _) = s.terminate(Duration::from_secs(10));
-        assert!(status.success());
+        let next = position_after_restart(&feeds, &state, &["--shards", "2"], 7);
+        assert_eq!(next, run, "start {run}");
     }
 }
 
@@ -339,43 +344,27 @@ fn a_state_dir_that_cannot_be_used_is_a_clear_error() {
     let dir = TempDir::new("durable-baddir");
     let feeds = feed_file(&dir);
     let file = dir.file("not-a-dir", "x");
-    let out = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--feed",
-        &feeds,
-        "--state-dir",
-        path_str(&file),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `serve` on the feed with `flags`: its exit code and what it said.
+    let refused = |flags: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--feed", &feeds];
+        args.extend_from_slice(flags);
+        let out = run(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = refused(&["--state-dir", path_str(&file)]);
+    assert_eq!(code, Some(1));
     assert!(err.contains("not-a-dir") && err.contains("state"), "{err}");
-    let out = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--feed",
-        &feeds,
-        "--fsync",
-        "sometimes",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("always, everysec or never"));
+    let (code, err) = refused(&["--fsync", "sometimes"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("always, everysec or never"), "{err}");
     // A LOCK that is a directory is named as what to remove.
     let locked = dir.0.join("lock-is-a-dir");
     std::fs::create_dir_all(locked.join("LOCK")).unwrap();
-    let out = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--feed",
-        &feeds,
-        "--state-dir",
-        path_str(&locked),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = refused(&["--state-dir", path_str(&locked)]);
+    assert_eq!(code, Some(1));
     assert!(err.contains("its LOCK is a directory: remove it"), "{err}");
     // Junk in the directory is ignored and named.
     let state = dir.0.join("state");
@@ -518,14 +507,11 @@ fn a_full_disk_degrades_and_recovers_by_itself() {
     let page = s.get("/feed/5?size=2").items();
     assert_eq!(page, [item(5, 40), item(5, 41)]);
     kill9(s);
-    let s = start(&feeds, &state, &["--shards", "1"]);
     assert_eq!(
-        next_position(&s, 5),
+        position_after_restart(&feeds, &state, &["--shards", "1"], 5),
         42,
         "what was served on the full disk is kept too"
     );
-    let (status, _, _) = s.terminate(Duration::from_secs(10));
-    assert!(status.success());
 }
 
 /// A restart that finds a new feed: a user keeps their progress P only if
