@@ -110,6 +110,8 @@ pub struct Marker {
 
 /// The marker's file in a state directory.
 pub const MARKER_FILE: &str = "INSTANCE";
+/// A marker file larger than this is not one.
+const MARKER_MAX: u64 = 64 << 10;
 
 impl Marker {
     fn encode(&self) -> String {
@@ -141,7 +143,14 @@ impl Marker {
 
     /// Reads `dir`'s marker, if it has a valid one.
     pub fn read(dir: &Path) -> Option<Marker> {
-        let text = std::fs::read_to_string(dir.join(MARKER_FILE)).ok()?;
+        // Only a small regular file: not a FIFO (it would block), not a
+        // symbolic link, not something huge.
+        let path = dir.join(MARKER_FILE);
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        if !meta.is_file() || meta.len() > MARKER_MAX {
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
         Marker::decode(&text)
     }
 }
@@ -164,8 +173,16 @@ impl ClusterSeat {
     /// (whole: a temporary file, synced, renamed, the directory synced).
     pub fn write_marker(&self, dir: &Path) -> std::io::Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
+        // A new file: whatever had the name (a leftover, a FIFO, a link) is
+        // removed, never written through.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
         f.write_all(self.marker().encode().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(MARKER_FILE))?;

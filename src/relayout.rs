@@ -259,8 +259,10 @@ fn relayout_into(plan: &Plan) -> Result<Report, String> {
 /// Without `--old-cluster`: the `INSTANCE` files of the `--from`
 /// directories (written by `serve --cluster`) name the instances of their
 /// cluster; one of those whose directory is not given would have its users
-/// start again. Directories without one (not a cluster's, or written by
-/// `relayout` and not started since) are not checked.
+/// start again. A directory without one (not a cluster's, written by
+/// `relayout` and not started since, restored from a copy, run by an older
+/// build) may be any instance's: as many missing names as there are such
+/// directories are let go.
 fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
     let markers: Vec<Marker> = sources
         .iter()
@@ -273,7 +275,8 @@ fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
         .flat_map(|m| m.cluster.iter().map(String::as_str))
         .filter(|n| !given.contains(n))
         .collect();
-    if missing.is_empty() {
+    let unmarked = sources.len() - markers.len();
+    if missing.len() <= unmarked {
         return Ok(());
     }
     let list =
@@ -281,7 +284,8 @@ fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
     Err(format!(
         "the --from directories are of instance(s) {} of a cluster that also had {}, \
          whose directories are not given (their users would start again): \
-         give each with --from; nothing written",
+         give each with --from; nothing written (if an instance's progress is gone for \
+         good, delete the INSTANCE file of each given directory to skip this check)",
         list(&given),
         list(&missing)
     ))

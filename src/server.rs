@@ -297,9 +297,14 @@ fn launch(
         .chain(own_ports.iter().flatten());
     let responder = loading::Responder::start(all_sockets, health.clone())?;
     let recovery = state::recover(config.state.as_ref())?;
+    let ownership = shard::Ownership::new(shards, config.cluster.clone());
+    // A user of another instance belongs to no shard here.
+    let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, &ownership)?;
+    let state = state::restore(config.state.as_ref(), recovery, &mut stores, &ownership);
     if let (Some(seat), Some(st)) = (&config.cluster, &config.state) {
-        // For `relayout` (a layout change must not leave an instance out);
-        // a full disk must not stop the start, so only said.
+        // For `relayout` (a layout change must not leave an instance out),
+        // once the feed has loaded (a start that fails writes none); a full
+        // disk must not stop the start, so only said.
         if let Err(e) = seat.write_marker(&st.dir) {
             crate::log_line!(
                 "warning: cannot write {} in --state-dir {}: {e}",
@@ -308,10 +313,6 @@ fn launch(
             );
         }
     }
-    let ownership = shard::Ownership::new(shards, config.cluster.clone());
-    // A user of another instance belongs to no shard here.
-    let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, &ownership)?;
-    let state = state::restore(config.state.as_ref(), recovery, &mut stores, &ownership);
     let histogram_log = match &config.histogram_log {
         Some(path) => Some(HistogramLog::create(path, SystemTime::now())?),
         None => None,
@@ -727,8 +728,6 @@ async fn sweep_deadlines(registry: Rc<Registry>) {
     }
 }
 
-/// Turns the process-wide stop flag (set by the supervisor) into this
-/// shard's shutdown.
 /// Counts this shard's connections as drained, then waits until every
 /// shard's are: at most `limit` (plus a poll), the longest another shard's
 /// drain can take once the stop is seen, so that a shard stuck for another
@@ -741,6 +740,8 @@ async fn all_drained(draining: &AtomicUsize, limit: Duration) {
     }
 }
 
+/// Turns the process-wide stop flag (set by the supervisor) into this
+/// shard's shutdown.
 async fn watch_stop_flag(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;

@@ -216,9 +216,6 @@ fn kill_9_under_load_loses_at_most_a_second_with_everysec() {
     kill_under_load("everysec", Duration::from_secs(1));
 }
 
-/// Junk after the valid records, and a journal cut in the middle of a
-/// sector: the server starts, says what it dropped, and keeps everything
-/// before the damage.
 /// A page answered while the server stops survives it, under every policy.
 /// Each shard drains its own connections at a stop, but another shard's
 /// connection may still forward it a page (here the shard of `user` has no
@@ -277,6 +274,9 @@ fn a_junk_file_named_for_the_last_generation_does_not_stop_later_starts() {
     }
 }
 
+/// Junk after the valid records, and a journal cut in the middle of a
+/// sector: the server starts, says what it dropped, and keeps everything
+/// before the damage.
 #[test]
 fn damaged_journal_files_keep_the_valid_prefix() {
     let dir = TempDir::new("durable-damaged");

@@ -208,6 +208,7 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
     // Every generation a file name claims, valid or not: this run's must
     // differ from all of them, so that its files never meet an old name.
     let mut named = BTreeSet::new();
+    let mut generations: Vec<(u64, String)> = Vec::new();
     let mut segments = Vec::new();
     let mut checkpoints = Vec::new();
     for entry in entries {
@@ -226,6 +227,7 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
         let parsed = FileName::parse(name);
         if let Some(g) = parsed.and_then(|p| p.generation()) {
             named.insert(g);
+            generations.push((g, name.to_string()));
         }
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         match parsed {
@@ -339,17 +341,25 @@ fn recover_dir(dir: &Path, flag: &str, create: bool) -> Result<Recovery, String>
             Err((name, why)) => report.ignored.push((name, why)),
         }
     }
-    // This run's generation follows the newest one read, not the newest
-    // name: a junk file named like ours (its header fails) must not push it
-    // to the end of the range, where the next start could not go on.
-    let newest = report
-        .files
+    // This run's generation follows the newest file that may be ours, not
+    // the newest name: a junk file named like ours (its header is not one
+    // of ours) must not push it to the end of the range, where the next
+    // start could not go on. A file that could not be read (permissions,
+    // an I/O error) still counts: a later run must never sort below it.
+    let junk: BTreeSet<&str> = report
+        .ignored
         .iter()
-        .filter_map(|f| FileName::parse(&f.name).and_then(|n| n.generation()))
+        .filter(|(_, why)| why.starts_with("junk"))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let newest = generations
+        .iter()
+        .filter(|(_, name)| !junk.contains(name.as_str()))
+        .map(|(g, _)| *g)
         .max()
         .unwrap_or(0);
     let generation = next_generation(newest, &named).ok_or_else(|| {
-        format!("{flag} {shown}: a journal file of generation {newest} was read, the last there can be: move the directory away")
+        format!("{flag} {shown}: a journal file claims generation {newest}, the last there can be: move the directory away")
     })?;
     let users = merge_latest(parts, threads);
     report.users = users.len();

@@ -1192,8 +1192,11 @@ impl Writer {
                 };
                 if let Err(e) = self.zero_fill(&file, &free).await {
                     let _ = file.close().await;
-                    let _ = glommio::io::remove(&free).await;
-                    give_back(&self.inner);
+                    // A file that stays keeps its number (a retry under the
+                    // same name would find it there).
+                    if glommio::io::remove(&free).await.is_ok() {
+                        give_back(&self.inner);
+                    }
                     return Err(e);
                 }
                 (file, Some(free))

@@ -25,12 +25,12 @@ pub struct Listeners {
 /// resolved once and shared. A fixed port is first probed without
 /// `SO_REUSEPORT`, so that a server already listening there (a stale
 /// shardfeed would otherwise silently share it) is an error, after
-/// [`IN_USE_PATIENCE`] (a server that has just died lets go by then).
+/// a few seconds (a server that has just died lets go by then).
 /// `change` says what to change then (e.g. "choose another --listen").
 pub fn bind(addr: SocketAddr, n: usize, change: &str) -> Result<Listeners, String> {
     let in_use = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("{addr} is already in use (another server, or a shardfeed still running?), still after {} s: stop it or {change}", IN_USE_PATIENCE.as_secs())
+            format!("{addr} is already in use (another server, or a shardfeed still running?): stop it or {change}")
         } else {
             format!("cannot listen on {addr}: {e}")
         }
@@ -46,6 +46,13 @@ pub fn bind(addr: SocketAddr, n: usize, change: &str) -> Result<Listeners, Strin
                         && since.elapsed() < IN_USE_PATIENCE =>
                 {
                     std::thread::sleep(IN_USE_RETRY)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(format!(
+                        "{} (still after {} s)",
+                        in_use(e),
+                        IN_USE_PATIENCE.as_secs()
+                    ))
                 }
                 Err(e) => return Err(in_use(e)),
             }
