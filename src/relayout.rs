@@ -20,6 +20,7 @@
 //! checkpoints). Without it, a user found in two directories with
 //! different progress is an error that says so, and nothing is written.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -268,9 +269,8 @@ fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
         .iter()
         .filter_map(|s| Marker::read(&s.dir))
         .collect();
-    let given: std::collections::BTreeSet<&str> =
-        markers.iter().map(|m| m.instance.as_str()).collect();
-    let missing: std::collections::BTreeSet<&str> = markers
+    let given: BTreeSet<&str> = markers.iter().map(|m| m.instance.as_str()).collect();
+    let missing: BTreeSet<&str> = markers
         .iter()
         .flat_map(|m| m.cluster.iter().map(String::as_str))
         .filter(|n| !given.contains(n))
@@ -279,8 +279,7 @@ fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
     if missing.len() <= unmarked {
         return Ok(());
     }
-    let list =
-        |s: &std::collections::BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
+    let list = |s: &BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
     Err(format!(
         "the --from directories are of instance(s) {} of a cluster that also had {}, \
          whose directories are not given (their users would start again): \
