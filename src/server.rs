@@ -545,10 +545,13 @@ impl Running {
         if let Some(log) = self.histogram_log {
             log.finish()?;
         }
+        drained.sort_by_key(|s| s.shard);
         if !unsynced.is_empty() {
+            // What was served is still worth a summary; the message and the
+            // exit status say what was not kept.
+            say(&metrics::summary_table(&drained));
             return Err(unsynced.join("; "));
         }
-        drained.sort_by_key(|s| s.shard);
         Ok(drained)
     }
 }

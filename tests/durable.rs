@@ -444,9 +444,13 @@ fn a_full_disk_is_logged_once_not_at_every_retry() {
     for shard in 0..2 {
         assert!(journal_stats(&s, shard)["errors"].as_u64().unwrap() >= 3);
     }
-    let _ = s.terminate(Duration::from_secs(10));
+    let (status, stdout, _) = s.terminate(Duration::from_secs(10));
     let mut log = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    // A stop that could not sync fails, and still prints what was served.
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("progress not synced at the stop"), "{log}");
+    assert!(stdout.contains("p99 us"), "the summary: {stdout}");
     for shard in 0..2 {
         let lines = log
             .lines()
