@@ -169,6 +169,25 @@ impl ClusterSeat {
         }
     }
 
+    /// Refuses a state directory whose marker names another instance (a
+    /// wrong `--instance` or `--state-dir`): its users would be left out,
+    /// and this start's checkpoints would erase them. A directory without
+    /// a (readable) marker is taken as it is.
+    pub fn check_marker(&self, dir: &Path) -> Result<(), String> {
+        let mine = &self.cluster.instances[self.instance].name;
+        match Marker::read(dir) {
+            Some(m) if &m.instance != mine => Err(format!(
+                "--state-dir {}: it holds the state of instance {}, not of --instance {mine} \
+                 (its {MARKER_FILE} file says so). Give this instance's own directory; if the \
+                 instance was renamed, delete {}",
+                dir.display(),
+                m.instance,
+                dir.join(MARKER_FILE).display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes this instance's marker into its state directory `dir`
     /// (whole: a temporary file, synced, renamed, the directory synced).
     pub fn write_marker(&self, dir: &Path) -> std::io::Result<()> {

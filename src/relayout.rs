@@ -16,8 +16,8 @@
 //! A user must come from one place. With `--old-cluster`, each `--from`
 //! names its old instance and contributes only the users that instance
 //! owned (a state directory can hold stale copies of other instances'
-//! users: those a restart with a changed file left out, until its next
-//! checkpoints). Without it, a user found in two directories with
+//! users: a backup restored over the wrong directory, state of an earlier
+//! layout copied in). Without it, a user found in two directories with
 //! different progress is an error that says so, and nothing is written.
 
 use std::collections::BTreeSet;

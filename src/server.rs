@@ -296,11 +296,14 @@ fn launch(
         .chain(admin.iter().flat_map(|a| &a.sockets))
         .chain(own_ports.iter().flatten());
     let responder = loading::Responder::start(all_sockets, health.clone())?;
+    if let (Some(seat), Some(st)) = (&config.cluster, &config.state) {
+        seat.check_marker(&st.dir)?;
+    }
     let recovery = state::recover(config.state.as_ref())?;
     let ownership = shard::Ownership::new(shards, config.cluster.clone());
     // A user of another instance belongs to no shard here.
     let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, &ownership)?;
-    let state = state::restore(config.state.as_ref(), recovery, &mut stores, &ownership);
+    let state = state::restore(config.state.as_ref(), recovery, &mut stores, &ownership)?;
     if let (Some(seat), Some(st)) = (&config.cluster, &config.state) {
         // For `relayout` (a layout change must not leave an instance out),
         // once the feed has loaded (a start that fails writes none); a full

@@ -309,6 +309,94 @@ fn relayout_keeps_every_users_progress_across_layouts() {
     }
 }
 
+/// Every file of `dir` and its bytes.
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, std::fs::read(e.path()).unwrap_or_default())
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// An instance started with a changed (or wrong) cluster file, on a
+/// directory holding users it does not own under that file, or with the
+/// wrong `--instance`: refused, saying what to do, its files untouched (the
+/// start's checkpoints would have erased those users for good). Started
+/// right again, every user continues.
+#[test]
+fn a_start_that_would_drop_other_instances_users_is_refused() {
+    let dir = TempDir::new("relayout-foreign");
+    let mut served: Vec<Vec<u32>> = vec![Vec::new(); USERS as usize + 1];
+    let (file1, c1) = cluster_file(&dir, "c1.txt", &[("a", 1), ("b", 2)]);
+    let states = vec![dir.0.join("a"), dir.0.join("b")];
+    let s = start_all(&dir, &file1, &c1, &states);
+    serve_pages(&c1, &mut served, |u| Some(u % 3 + 1));
+    stop_all(s);
+    let before = files_of(&states[1]);
+
+    let (file2, c2) = cluster_file(&dir, "c2.txt", &[("a", 2), ("b", 1), ("c", 1)]);
+    assert!(
+        (1..=USERS).any(|u| c1.owner(u).instance == 1 && c2.owner(u).instance != 1),
+        "some of b's users move"
+    );
+    let (feeds, pool) = known_files(&dir);
+    let refused = |file: &Path, instance: &str, says: &[&str]| {
+        let mut s = Spawned::serve(&[
+            "--cluster",
+            path_str(file),
+            "--instance",
+            instance,
+            "--feed",
+            path_str(&feeds),
+            "--fallback",
+            path_str(&pool),
+            "--state-dir",
+            path_str(&states[1]),
+            "--no-pin",
+        ]);
+        let (status, _, _) = s.wait_exit(Duration::from_secs(20));
+        let stderr = s.stderr();
+        assert!(!status.success(), "{stderr}");
+        for s in says {
+            assert!(stderr.contains(s), "{s:?} in {stderr}");
+        }
+    };
+    refused(
+        &file2,
+        "b",
+        &[
+            "belong to other instances under this --cluster file",
+            "relayout",
+        ],
+    );
+    refused(
+        &file1,
+        "a",
+        &["holds the state of instance b, not of --instance a"],
+    );
+    assert_eq!(
+        files_of(&states[1]),
+        before,
+        "nothing changed in b's directory"
+    );
+
+    let s = start_all(&dir, &file1, &c1, &states);
+    serve_pages(&c1, &mut served, |_| None);
+    stop_all(s);
+    for u in 1..=USERS {
+        assert_eq!(
+            served[u as usize],
+            feed_of(u),
+            "user {u}: every item once, in order"
+        );
+    }
+}
+
 fn p(user: u32, served: u32) -> Progress {
     Progress {
         user,

@@ -43,35 +43,39 @@ pub(super) fn recover(state: Option<&StateConfig>) -> Result<Option<Recovery>, S
 
 /// Gives every store its users' recovered progress (each user goes to its
 /// owner under this run's `ownership`: shard count and cluster layout), in
-/// parallel, and plans the journals. Users another instance owns are left
-/// out (and counted).
+/// parallel, and plans the journals.
+///
+/// Refuses a directory that holds users another instance owns under this
+/// cluster file: the start's first checkpoint would cover only this
+/// instance's users and so erase theirs, before `relayout` could move
+/// them (a changed or wrong cluster file).
 pub(super) fn restore(
     state: Option<&StateConfig>,
     recovery: Option<Recovery>,
     stores: &mut [Store],
     ownership: &Ownership,
-) -> State {
+) -> Result<State, String> {
     let shards = stores.len();
     let (Some(state), Some(recovery)) = (state, recovery) else {
-        return State {
+        return Ok(State {
             plans: vec![None; shards],
             lock: None,
-        };
+        });
     };
-    for store in stores.iter_mut() {
-        store.journal_progress();
-    }
-    // Part `shards`: users of other instances, not restored here.
+    // Part `shards`: users of other instances.
     let parts = recovery.partition(shards + 1, |user| {
         ownership.shard_of(user).map_or(shards, |s| s.0)
     });
-    if !parts[shards].is_empty() {
-        crate::log_line!(
-            "{} users in the state directory belong to other instances of the cluster: \
-             not restored here (`shardfeed relayout` moves them: see the README, \
-             \"Changing the layout\")",
-            parts[shards].len()
-        );
+    if let Some(first) = parts[shards].first() {
+        return Err(foreign_users(
+            state,
+            ownership,
+            first.user,
+            parts[shards].len(),
+        ));
+    }
+    for store in stores.iter_mut() {
+        store.journal_progress();
     }
     let read = recovery.report.took;
     let results: Vec<(Tally, Duration)> = std::thread::scope(|scope| {
@@ -108,10 +112,32 @@ pub(super) fn restore(
             })
         })
         .collect();
-    State {
+    Ok(State {
         plans,
         lock: Some(recovery.lock),
-    }
+    })
+}
+
+/// The start-up error for a state directory holding `count` users of other
+/// instances, `user` one of them.
+fn foreign_users(state: &StateConfig, ownership: &Ownership, user: u32, count: usize) -> String {
+    let owner = match ownership {
+        Ownership::Cluster(seat) => {
+            let o = seat.cluster.owner(user);
+            format!(
+                " (user {user}: instance {})",
+                seat.cluster.instances[o.instance].name
+            )
+        }
+        Ownership::Alone { .. } => String::new(),
+    };
+    format!(
+        "--state-dir {}: {count} users in it belong to other instances under this --cluster \
+         file{owner}. If the layout changed, move their progress first with `shardfeed \
+         relayout` (README, \"Changing the layout\"); if not, this is the wrong cluster file \
+         or state directory. Its files were left as they are",
+        state.dir.display()
+    )
 }
 
 #[derive(Debug, Default)]
