@@ -108,8 +108,9 @@ fn relayout_into(plan: &Plan) -> Result<Report, String> {
     if plan.sources.is_empty() {
         return Err("no --from directory: give the old instances' state directories".into());
     }
-    if plan.old.is_none() {
-        check_every_instance_given(&plan.sources)?;
+    match &plan.old {
+        None => check_every_instance_given(&plan.sources)?,
+        Some(old) => check_names_match_markers(old, &plan.sources)?,
     }
 
     // The first pair of each new instance, in `cluster.pairs()` order.
@@ -288,6 +289,28 @@ fn check_every_instance_given(sources: &[Source]) -> Result<(), String> {
         list(&given),
         list(&missing)
     ))
+}
+
+/// With `--old-cluster`: a `NAME=DIR` whose `INSTANCE` file names another
+/// instance is refused (two names swapped would take each directory's
+/// stale copies of the other's users as their progress). A directory
+/// without one is taken as named.
+fn check_names_match_markers(old: &Cluster, sources: &[Source]) -> Result<(), String> {
+    for s in sources {
+        let (Some(i), Some(m)) = (s.old_instance, Marker::read(&s.dir)) else {
+            continue;
+        };
+        let named = &old.instances[i].name;
+        if &m.instance != named {
+            return Err(format!(
+                "--from {named}={}: that directory is instance {}'s (its INSTANCE file says \
+                 so): name each directory after the instance that wrote it; nothing written",
+                s.dir.display(),
+                m.instance
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An empty `--out-dir`, made here if it did not exist (then `true`).

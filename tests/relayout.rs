@@ -384,6 +384,31 @@ fn a_start_that_would_drop_other_instances_users_is_refused() {
         before,
         "nothing changed in b's directory"
     );
+    // relayout takes each directory as the instance it is named after:
+    // names swapped are refused by the INSTANCE files.
+    let swapped = [
+        format!("a={}", path_str(&states[1])),
+        format!("b={}", path_str(&states[0])),
+    ];
+    let out = dir.0.join("swapped");
+    let (ok, _, stderr) = relayout(&[
+        "--cluster",
+        path_str(&file2),
+        "--old-cluster",
+        path_str(&file1),
+        "--from",
+        &swapped[0],
+        "--from",
+        &swapped[1],
+        "--out-dir",
+        path_str(&out),
+    ]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("that directory is instance b's"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written");
 
     let s = start_all(&dir, &file1, &c1, &states);
     serve_pages(&c1, &mut served, |_| None);
