@@ -741,6 +741,39 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A queue dropped while the current segment is healthy (appends beyond
+/// `max_queued` before the writer runs: a stalled disk) moves the LSNs on;
+/// what is written after it must still be read back: a new segment, not a
+/// jump in the old one's LSN sequence (recovery stops at such a jump).
+#[test]
+fn records_after_a_dropped_queue_are_recovered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let r = recover(&dir).unwrap();
+    let mut cfg = quick(&r, 1);
+    cfg.max_queued = 64;
+    drop(r);
+    on_executor(|| {
+        let dir = dir.clone();
+        async move {
+            let j = ShardJournal::open(&dir, 0, FsyncPolicy::EverySec, cfg)
+                .await
+                .unwrap();
+            j.durable(j.append(p(1, 1))).await.unwrap();
+            // No await: the writer cannot run, the queue overflows.
+            for i in 0..100 {
+                j.append(p(2, i));
+            }
+            assert!(j.stats().dropped > 0);
+            j.durable(j.append(p(3, 5))).await.unwrap();
+            j.close().await.unwrap();
+        }
+    });
+    let users = recover(&dir).unwrap().users;
+    assert!(users.contains(&p(3, 5)), "{users:?}");
+    assert!(users.contains(&p(2, 99)), "{users:?}");
+}
+
 /// Fills the file system at `dir` with a file; returns its path.
 fn fill(dir: &Path) -> PathBuf {
     use std::io::Write;

@@ -742,6 +742,11 @@ struct OpenSegment {
     /// Bytes usable for records (the last unit is kept for the seal).
     limit: u64,
     first_lsn: u64,
+    /// The queue's `reset_epoch` when `first_lsn` was taken. A queue dropped
+    /// since (writes failing for long) moved the LSNs on: a record written
+    /// here now would break the segment's LSN sequence, and recovery would
+    /// stop at it, so the writer starts a new segment instead.
+    epoch: u64,
     /// Written since its last fdatasync was issued.
     dirty: bool,
 }
@@ -910,14 +915,21 @@ impl Writer {
                     break;
                 }
                 let seg = self.seg.as_ref().expect("a segment");
-                let rotate = match st.rotate_at {
-                    Some(at) if st.written_lsn >= at => {
-                        st.rotate_at = None;
-                        seg.first_lsn < st.written_lsn
-                    }
-                    _ => false,
-                };
-                rotate || seg.pos + seg.unit > seg.limit
+                if seg.epoch != st.reset_epoch {
+                    // Dropped before this flush (or while the segment was
+                    // made): its LSN sequence cannot go on.
+                    self.broken = true;
+                    true
+                } else {
+                    let rotate = match st.rotate_at {
+                        Some(at) if st.written_lsn >= at => {
+                            st.rotate_at = None;
+                            seg.first_lsn < st.written_lsn
+                        }
+                        _ => false,
+                    };
+                    rotate || seg.pos + seg.unit > seg.limit
+                }
             };
             if rotate_now {
                 self.rotate().await?;
@@ -1204,7 +1216,7 @@ impl Writer {
         };
         let r = self.prepare(&file, &path, seq, from.as_deref()).await;
         match r {
-            Ok((unit, salt, first_lsn)) => Ok(OpenSegment {
+            Ok((unit, salt, (first_lsn, epoch))) => Ok(OpenSegment {
                 file: Rc::new(file),
                 path: path.into(),
                 salt,
@@ -1212,6 +1224,7 @@ impl Writer {
                 pos: unit,
                 limit: cfg.segment_bytes / unit * unit - unit,
                 first_lsn,
+                epoch,
                 dirty: false,
             }),
             Err(e) => {
@@ -1246,13 +1259,16 @@ impl Writer {
         path: &Path,
         seq: u64,
         from: Option<&Path>,
-    ) -> Result<(u64, u64, u64), Rc<str>> {
+    ) -> Result<(u64, u64, (u64, u64)), Rc<str>> {
         let cfg = &self.inner.cfg;
         let unit = file.alignment().max(SECTOR as u64);
         if unit > MAX_UNIT as u64 {
             return Err(format!("device block size {unit} is above {MAX_UNIT}").into());
         }
-        let first_lsn = self.inner.st.borrow().written_lsn;
+        let (first_lsn, epoch) = {
+            let st = self.inner.st.borrow();
+            (st.written_lsn, st.reset_epoch)
+        };
         let salt = new_salt();
         let header = FileHeader {
             kind: FileKind::Segment,
@@ -1287,7 +1303,7 @@ impl Writer {
             .await
             .map_err(|e| reason("fsync directory", &self.inner.dir, e))?;
         self.inner.st.borrow_mut().counters.bytes += unit;
-        Ok((unit, salt, first_lsn))
+        Ok((unit, salt, (first_lsn, epoch)))
     }
 
     /// Preallocates a new segment and writes zeros over it, then syncs it,
