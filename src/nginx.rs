@@ -12,11 +12,16 @@
 //!   share is `*` (nginx 1.22 leaves a gap at the top of explicit shares).
 //! - Everything else (other paths, other ids) goes to `sf_any`: every
 //!   instance's shared port, round robin, skipping one that fails.
-//! - An owner that does not answer (refused, timed out: `502`/`504`) is not
+//! - An owner that does not answer (refused, timed out: `502`/`504`), or
+//!   answers `503` (still loading its feed, or overloaded), is not
 //!   retried elsewhere as the owner (`proxy_next_upstream off`): the request
-//!   goes to `@shardfeed_any`, and the instance that gets it answers a
-//!   degraded page (`Shardfeed-Degraded: not-owner`) without touching any
-//!   progress. The owner's users' progress continues when it returns.
+//!   goes to `@shardfeed_any` (`proxy_intercept_errors` for those codes
+//!   only: a `422` or `404` is the client's answer), and the instance that
+//!   gets it answers a degraded page (`Shardfeed-Degraded: not-owner`)
+//!   without touching any progress. The owner's users' progress continues
+//!   when it returns. There, an instance that answers `503` too is skipped
+//!   for the next one (`http_503`), so that `/healthz` through the front is
+//!   `503` only when no instance is ready.
 
 use std::fmt::Write as _;
 
@@ -107,14 +112,15 @@ pub fn config(cluster: &Cluster, listen: &str, source: &str) -> String {
          proxy_connect_timeout 1s;\n    \
          location / {{\n        \
          proxy_pass http://$shardfeed_route;\n        \
-         # An owner that is down: not another owner, a degraded page from\n        \
-         # any live instance (shardfeed answers it without progress).\n        \
+         # An owner that is down or still loading: not another owner, a\n        \
+         # degraded page from any live instance (answered without progress).\n        \
          proxy_next_upstream off;\n        \
-         error_page 502 504 = @shardfeed_any;\n    \
+         proxy_intercept_errors on;\n        \
+         error_page 502 503 504 = @shardfeed_any;\n    \
          }}\n    \
          location @shardfeed_any {{\n        \
          proxy_pass http://sf_any;\n        \
-         proxy_next_upstream error timeout;\n    \
+         proxy_next_upstream error timeout http_503;\n    \
          }}\n}}\n"
     );
     c

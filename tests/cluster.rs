@@ -351,3 +351,74 @@ fn two_instances_behind_the_generated_nginx() {
         s.stop(Duration::from_secs(20));
     }
 }
+
+/// While an instance loads its feed (its ports accept and answer `503
+/// loading` from the first moment), the front gives its users degraded
+/// pages from the other instance, never that `503`; and `/healthz` through
+/// the front is `200` while one instance is ready.
+#[test]
+fn a_loading_instance_is_covered_by_the_front() {
+    let Some(bin) = nginx_binary("a_loading_instance_is_covered_by_the_front") else {
+        return;
+    };
+    let dir = TempDir::new("cluster-loading");
+    let (pa, pb, pf) = (free_ports(1), free_ports(1), free_ports(0));
+    let text = format!("a 127.0.0.1:{pa} 1\nb 127.0.0.1:{pb} 1\n");
+    let file = dir.file("cluster.txt", &text);
+    let cluster = Cluster::parse(&text).unwrap();
+    // Synthetic users, enough that a load takes a while.
+    let serve = |name: &str| {
+        Spawned::serve(&[
+            "--cluster",
+            path_str(&file),
+            "--instance",
+            name,
+            "--users",
+            "2000000",
+            "--feed-len",
+            "50",
+            "--no-pin",
+        ])
+    };
+    let mut a = serve("a");
+    a.listening();
+    let conf = run(&[
+        "nginx-conf",
+        "--cluster",
+        path_str(&file),
+        "--listen",
+        &format!("127.0.0.1:{pf}"),
+    ]);
+    assert!(conf.status.success(), "{conf:?}");
+    let front: SocketAddr = format!("127.0.0.1:{pf}").parse().unwrap();
+    let nginx = Nginx::start(&bin, &dir, &String::from_utf8(conf.stdout).unwrap(), front);
+    let user_of_b = (1..).find(|&u| cluster.owner(u).instance == 1).unwrap();
+    let b_direct: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
+
+    let mut b = serve("b");
+    b.wait_addr("bound ", Duration::from_secs(20));
+    let loading = || get_from(b_direct, "/healthz").status == 503;
+    let mut covered = 0;
+    while loading() {
+        let r = get_from(front, &format!("/feed/{user_of_b}?size=3"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("Shardfeed-Degraded"), Some("not-owner"), "{r:?}");
+        let health = get_from(front, "/healthz");
+        assert_eq!(health.status, 200, "{health:?}");
+        // Only counted if b was still loading after the page was answered.
+        covered += loading() as u32;
+    }
+    assert!(
+        covered > 0,
+        "b loaded before the front was asked; make its feed larger"
+    );
+    b.listening();
+    let r = get_from(front, &format!("/feed/{user_of_b}?size=3"));
+    assert_eq!(r.header("Shardfeed-Degraded"), None, "b serves: {r:?}");
+    drop(nginx);
+    for s in [&mut a, &mut b] {
+        s.signal(libc::SIGTERM);
+        let (status, _, _) = s.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "{}", s.stderr());
+    }
+}
