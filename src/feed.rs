@@ -27,6 +27,10 @@ pub enum Unserved {
     NothingToServe,
     /// Too many requests in flight to the user's owner: try again.
     Overloaded,
+    /// The server is stopping and its journal has closed (a connection
+    /// that outlived `--shutdown-timeout`): the page's progress would not be
+    /// kept, so the page is not given (`503`). Decided in `shard.rs`.
+    Stopping,
     /// Another instance of the cluster owns the user: the page holds
     /// fallback items only (answered `200`, `Shardfeed-Degraded:
     /// not-owner`). Decided in `shard.rs`, never by the store.

@@ -530,6 +530,7 @@ impl<B: Backend> Session<B> {
                 http::encode_no_content(out, date, f.persist)
             }),
             Err(Unserved::Overloaded) => self.encode_error(route, HttpError::Overloaded, f),
+            Err(Unserved::Stopping) => self.encode_error(route, HttpError::Stopping, f),
             // Another instance owns the user: fallback items, said so.
             Err(Unserved::NotOwner) => self.encode(route, Class::Success, |out, date| {
                 http::encode_degraded_page(out, date, f, &page.items, cursor, "not-owner")

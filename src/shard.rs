@@ -284,12 +284,26 @@ impl Shard {
         // nothing, so it has no record to wait for.
         let advanced = store.take_advanced();
         let lsn = match (advanced, &self.journal) {
-            (Some(p), Some(journal)) => Some(journal.append(journal::Progress {
-                user: p.user,
-                served: p.served,
-                version: store.version(),
-                prefix: p.prefix as u64,
-            })),
+            (Some(p), Some(journal)) => {
+                let lsn = journal.append(journal::Progress {
+                    user: p.user,
+                    served: p.served,
+                    version: store.version(),
+                    prefix: p.prefix as u64,
+                });
+                if lsn == Lsn::CLOSED {
+                    // A stop past its drain closed the journal: answered,
+                    // this page would come again after the restart.
+                    items.clear();
+                    let page = Page {
+                        items,
+                        outcome: Err(Unserved::Stopping),
+                        cursor: None,
+                    };
+                    return (page, None);
+                }
+                Some(lsn)
+            }
             _ => None,
         };
         let page = Page {

@@ -68,3 +68,60 @@ fn start_serve_stop_and_report() {
     });
     assert_eq!((ok, client_errors), (2, 1));
 }
+
+/// A connection that outlives `--shutdown-timeout` (its request half sent)
+/// finishes its request after the journal has closed: the page's progress
+/// could not be kept, so it is refused (`503`, closed), not answered as
+/// served, which would give the user those items again after the restart.
+#[test]
+fn a_page_after_the_journal_closed_is_refused() {
+    let state = std::env::temp_dir().join(format!("sf-inproc-closed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let cli = Cli::parse_from([
+        "shardfeed",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+        "--users",
+        "100",
+        "--feed-len",
+        "50",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--fsync",
+        "always",
+        "--shutdown-timeout",
+        "1s",
+    ]);
+    let Command::Serve(args) = cli.command else {
+        unreachable!()
+    };
+    let config = args.config().unwrap();
+    let listeners =
+        server::bind(config.listen, config.cpus.len(), "choose another --listen").unwrap();
+    let running = server::start(&config, listeners).unwrap();
+    let addr = running.addr;
+    let stop = running.stop_handle();
+    let waiter = std::thread::spawn(move || running.wait());
+    assert!(get(addr, "/feed/7?size=2").starts_with("HTTP/1.1 200 OK\r\n"));
+
+    let mut late = TcpStream::connect(addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(late, "GET /feed/7?size=2 HTTP/1.1\r\nHost: t\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.stop("the test is done");
+    // Returns once the shard has drained (here: given up after the timeout)
+    // and closed its journal; the shard itself runs on.
+    let drained = waiter.join().unwrap().expect("a clean stop");
+    assert_eq!(drained.len(), 1);
+    write!(late, "Connection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("stopping"), "{answer}");
+    let _ = std::fs::remove_dir_all(&state);
+}

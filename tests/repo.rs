@@ -152,7 +152,10 @@ fn the_shipped_unit_is_type_notify_and_outlasts_the_drain() {
     assert!(seconds("TimeoutStopSec=") > seconds("--drain ") + 10);
     // It shipped without --state-dir: every restart sent every user back
     // to their first page.
-    assert!(unit.lines().any(|l| l == "StateDirectory=shardfeed"), "{unit}");
+    assert!(
+        unit.lines().any(|l| l == "StateDirectory=shardfeed"),
+        "{unit}"
+    );
     assert!(
         unit.contains("--state-dir /var/lib/shardfeed/"),
         "progress kept under the StateDirectory: {unit}"

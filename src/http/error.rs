@@ -30,6 +30,8 @@ pub enum HttpError {
     Overloaded,
     /// The shard has as many connections as it may: try again later.
     TooManyConnections,
+    /// Stopping, the journal closed: a page now would not be kept.
+    Stopping,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,9 @@ impl HttpError {
                 "422 Unprocessable Content"
             }
             HttpError::HeadTooLarge(_) => "431 Request Header Fields Too Large",
-            HttpError::Overloaded | HttpError::TooManyConnections => "503 Service Unavailable",
+            HttpError::Overloaded | HttpError::TooManyConnections | HttpError::Stopping => {
+                "503 Service Unavailable"
+            }
         }
     }
 
@@ -82,6 +86,7 @@ impl HttpError {
                 | HttpError::Timeout
                 | HttpError::ExpectationFailed
                 | HttpError::TooManyConnections
+                | HttpError::Stopping
         )
     }
 
@@ -132,6 +137,7 @@ impl HttpError {
             HttpError::Forbidden => "the token is for another user",
             HttpError::Overloaded => "server busy: too many requests in flight, retry",
             HttpError::TooManyConnections => "server busy: too many connections, retry later",
+            HttpError::Stopping => "stopping: retry on another connection",
         };
         (text, None, "")
     }
@@ -140,7 +146,9 @@ impl HttpError {
     pub(super) fn extra_header(self) -> &'static [u8] {
         match self {
             HttpError::MethodNotAllowed => super::ALLOW_HEADER,
-            HttpError::Overloaded | HttpError::TooManyConnections => b"Retry-After: 1\r\n",
+            HttpError::Overloaded | HttpError::TooManyConnections | HttpError::Stopping => {
+                b"Retry-After: 1\r\n"
+            }
             HttpError::Unauthorized(Problem::Missing) => {
                 b"WWW-Authenticate: Bearer realm=\"shardfeed\"\r\n"
             }
