@@ -205,31 +205,55 @@ pub async fn adopt_moved(
             None
         };
         let Some(h) = futures_lite::future::or(next, stop).await else {
-            return;
+            break;
         };
-        // SAFETY: the descriptor is a connected TCP socket that this
-        // handoff owned alone.
-        let stream = unsafe { TcpStream::from_raw_fd(h.socket.into_raw_fd()) };
-        let now = Instant::now();
-        let watch = shard
-            .connections
-            .register(stream.as_raw_fd(), now + limits.idle_timeout);
-        let session = Session::resume(
-            h.session,
-            endpoint.clone(),
-            shard.clone(),
-            limits.http,
-            limits.max_pipeline,
-            limits.max_unsent,
-        );
-        match (h.between.more_ready, h.between.head_since) {
-            (true, _) => watch.enter(Phase::Busy, None),
-            (false, Some(since)) => watch.enter(Phase::Head, Some(since + limits.header_timeout)),
-            (false, None) => {}
-        }
-        if let Ok(task) = gate.spawn(serve(stream, session, watch, limits, h.between)) {
-            task.detach();
-        }
+        adopt(*h, &shard, &endpoint, limits, &gate);
+    }
+    // A peer sees the stop on its own poll, and may have moved a connection
+    // here just before: served too, not dropped with its requests unanswered.
+    while let Some(Some(h)) = futures_lite::future::poll_once(handoffs.recv()).await {
+        adopt(*h, &shard, &endpoint, limits, &gate);
+    }
+}
+
+/// Serves one moved connection from where it was.
+fn adopt(
+    h: Handoff,
+    shard: &Rc<Shard>,
+    endpoint: &Rc<Endpoint>,
+    limits: ConnLimits,
+    gate: &glommio::sync::Gate,
+) {
+    // SAFETY: the descriptor is a connected TCP socket that this
+    // handoff owned alone.
+    let stream = unsafe { TcpStream::from_raw_fd(h.socket.into_raw_fd()) };
+    let now = Instant::now();
+    let watch = shard
+        .connections
+        .register(stream.as_raw_fd(), now + limits.idle_timeout);
+    let session = Session::resume(
+        h.session,
+        endpoint.clone(),
+        shard.clone(),
+        limits.http,
+        limits.max_pipeline,
+        limits.max_unsent,
+    );
+    match (h.between.more_ready, h.between.head_since) {
+        (true, _) => watch.enter(Phase::Busy, None),
+        (false, Some(since)) => watch.enter(Phase::Head, Some(since + limits.header_timeout)),
+        (false, None) => {}
+    }
+    let task = serve(stream, session, watch, limits, h.between);
+    // Past the drain (the gate closed) it is served all the same: the
+    // process runs until every shard has drained.
+    let spawned = if gate.is_open() {
+        gate.spawn(task)
+    } else {
+        Ok(glommio::spawn_local(task))
+    };
+    if let Ok(task) = spawned {
+        task.detach();
     }
 }
 
@@ -285,8 +309,9 @@ async fn run(
             watch.enter(Phase::Head, Some(since + limits.header_timeout));
         }
         if let Some(to) = session.wants_move() {
-            // Not once the watchdog has shut the socket down.
-            if watch.expired().is_none() {
+            // Not once the watchdog has shut the socket down, nor in a
+            // stop (the connection is closed after its answers anyway).
+            if watch.expired().is_none() && !session.backend().stopping() {
                 let at = Between {
                     more_ready,
                     head_since,
