@@ -212,42 +212,61 @@ pub struct OwnerArgs {
     #[arg(long, value_name = "FILE")]
     pub cluster: PathBuf,
     /// User ids [default: one per line on standard input].
-    pub ids: Vec<u32>,
+    pub ids: Vec<String>,
 }
 
 impl OwnerArgs {
-    /// Prints `ID INSTANCE SHARD HOST:SHARD_PORT` per id.
+    /// Prints `ID INSTANCE SHARD HOST:SHARD_PORT` per id. Ids are read as
+    /// the server reads `/feed/{id}` (`+7` is refused); one the front does
+    /// not route by hash (`007`: nginx hashes the text) is said on stderr.
     pub fn run(&self) -> Result<(), String> {
         use std::io::{BufRead, Write};
         let cluster = Cluster::from_file(&self.cluster)?;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        let mut say = |id: u32| {
+        let mut say = |text: &str, place: &dyn Fn() -> String| -> Result<(), String> {
+            let id = crate::decimal::parse_u32(text.as_bytes()).map_err(|_| {
+                format!(
+                    "{}`{text}` is not a user id (the server answers 422 for it): \
+                     give decimal digits, at most 4294967295",
+                    place()
+                )
+            })?;
+            if itoa::Buffer::new().format(id) != text {
+                crate::log_line!(
+                    "note: `{text}` is user {id}, but not written canonically: the front \
+                     sends it to any instance, not to its owner below"
+                );
+            }
             let o = cluster.owner(id);
             let i = &cluster.instances[o.instance];
-            writeln!(out, "{id} {} {} {}", i.name, o.shard, i.shard_port(o.shard))
+            match writeln!(out, "{id} {} {} {}", i.name, o.shard, i.shard_port(o.shard)) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(String::new()),
+                Err(e) => Err(format!("cannot write: {e}")),
+                Ok(()) => Ok(()),
+            }
         };
         let result = if self.ids.is_empty() {
             let mut r = Ok(());
             for (no, line) in std::io::stdin().lock().lines().enumerate() {
                 let line = line.map_err(|e| format!("cannot read standard input: {e}"))?;
-                let id = line
-                    .trim()
-                    .parse::<u32>()
-                    .map_err(|_| format!("line {}: `{}` is not a user id", no + 1, line.trim()))?;
-                r = say(id);
+                r = say(line.trim(), &|| format!("line {}: ", no + 1));
                 if r.is_err() {
                     break;
                 }
             }
             r
         } else {
-            self.ids.iter().try_for_each(|&id| say(id))
+            self.ids.iter().try_for_each(|id| say(id, &String::new))
         };
-        match result.and_then(|()| out.flush()) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                Err(format!("cannot write: {e}"))
-            }
-            _ => Ok(()),
+        let result = result.and_then(|()| match out.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(String::new()),
+            Err(e) => Err(format!("cannot write: {e}")),
+            Ok(()) => Ok(()),
+        });
+        match result {
+            // A closed pipe (`| head`): not an error.
+            Err(e) if e.is_empty() => Ok(()),
+            r => r,
         }
     }
 }

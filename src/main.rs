@@ -13,7 +13,8 @@ fn main() {
         Command::Relayout(args) => args.run(),
     };
     if let Err(message) = result {
-        eprintln!("shardfeed: error: {message}");
+        // Timestamped like every other line (journald, log files).
+        shardfeed::log_line!("error: {message}");
         std::process::exit(1);
     }
 }

@@ -318,3 +318,39 @@ fn io_uring_rings_report_coop_taskrun() {
         "{off}"
     );
 }
+
+/// `shardfeed owner` reads ids as the server reads `/feed/{id}`: `+7` is
+/// refused (the server answers 422), `007` is user 7 and is said not to
+/// reach its owner through the front (nginx hashes the text); every error
+/// line carries a timestamp, as the README says of every log line.
+#[test]
+fn owner_reads_ids_as_the_server_does() {
+    let dir = TempDir::new("cli-owner");
+    let file = dir.file("c.txt", "a 127.0.0.1:7000 1\nb 127.0.0.1:7100 2\n");
+    let owner = |ids: &[&str]| {
+        let mut args = vec!["owner", "--cluster", path_str(&file)];
+        args.extend_from_slice(ids);
+        run(&args)
+    };
+    let seven = owner(&["7"]);
+    assert!(seven.status.success());
+    let line = String::from_utf8(seven.stdout).unwrap();
+    assert_eq!(line.split(' ').count(), 4, "{line}");
+    let padded = owner(&["007"]);
+    assert!(padded.status.success());
+    assert_eq!(String::from_utf8(padded.stdout).unwrap(), line, "user 7");
+    let note = String::from_utf8(padded.stderr).unwrap();
+    assert!(note.contains("not written canonically"), "{note}");
+    // (`-1` as an argument is a flag to the parser.)
+    for bad in ["+7", "4294967296", "7x", " 7"] {
+        let out = owner(&[bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{bad}");
+        assert!(stderr.contains("is not a user id"), "{bad}: {stderr}");
+        // RFC 3339 UTC, then the program's name.
+        assert!(
+            stderr.starts_with("20") && stderr.contains("Z shardfeed: error: "),
+            "{stderr}"
+        );
+    }
+}
