@@ -667,6 +667,10 @@ pub enum FileName {
     Instance,
 }
 
+/// The largest generation, sequence or free-file number a name may carry;
+/// a name with a larger one is not a journal file.
+pub const MAX_NAME_NUMBER: u64 = 1 << 43;
+
 impl FileName {
     pub fn parse(name: &str) -> Option<FileName> {
         if name == "LOCK" {
@@ -675,11 +679,14 @@ impl FileName {
         if name == "INSTANCE" || name == "INSTANCE.tmp" {
             return Some(FileName::Instance);
         }
+        // Numbers a run could reach (one file a millisecond for 280 years),
+        // not what a hostile name claims: the next number after one must not
+        // overflow.
         let num = |s: &str| -> Option<u64> {
             if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            s.parse().ok()
+            s.parse().ok().filter(|&n| n <= MAX_NAME_NUMBER)
         };
         let three = |rest: &str| -> Option<(u64, u32, u64)> {
             let mut parts = rest.split('-');
@@ -1161,6 +1168,10 @@ mod tests {
             "README",
             "journal-1-2-3-4.log",
             "journal-+1-2-3.log",
+            // Numbers no run reaches: the next one would overflow.
+            "free-0001-18446744073709551614.log",
+            "journal-18446744073709551615-0000-0000000001.log",
+            "checkpoint-00000001-0000-18446744073709551615.ckpt",
         ] {
             assert_eq!(FileName::parse(junk), None, "{junk}");
         }
