@@ -608,3 +608,35 @@ fn pages_that_wait_for_the_journal_count_as_local() {
     let (status, _, _) = s.terminate(Duration::from_secs(10));
     assert!(status.success());
 }
+
+/// The start says how many users continue: those who were served
+/// something, not every user of the checkpoint.
+#[test]
+fn the_start_counts_only_users_who_were_served() {
+    let dir = TempDir::new("durable-count");
+    let feeds = feed_file(&dir);
+    let state = dir.0.join("state");
+    let s = start(&feeds, &state, &[]);
+    for u in [3, 4] {
+        assert_eq!(s.get(&format!("/feed/{u}?size=2")).items().len(), 2);
+    }
+    assert!(s.terminate(Duration::from_secs(10)).0.success());
+    // A start on inherited state checkpoints every user at once.
+    let s = start(&feeds, &state, &[]);
+    let t = Instant::now();
+    while !std::fs::read_dir(&state).unwrap().any(|e| {
+        let name = e.unwrap().file_name();
+        name.to_str().unwrap().ends_with(".ckpt")
+    }) {
+        assert!(t.elapsed() < Duration::from_secs(10), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.terminate(Duration::from_secs(10)).0.success());
+    let args = ["--feed", &feeds, "--state-dir", path_str(&state)];
+    let mut s = Server::start_with_stderr(&args, Stdio::piped());
+    let mut stderr = s.child.stderr.take().unwrap();
+    assert!(s.terminate(Duration::from_secs(10)).0.success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(log.contains("progress restored: 2 users continue"), "{log}");
+}

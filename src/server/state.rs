@@ -159,7 +159,9 @@ fn restore_shard(store: &mut Store, part: &[journal::Progress]) -> (Tally, Durat
     let started = Instant::now();
     let version = store.version();
     let mut tally = Tally::default();
-    for p in part {
+    // A user who was served nothing has nothing to restore, and is not
+    // counted as one who continues (checkpoints list every user).
+    for p in part.iter().filter(|p| p.served > 0) {
         let progress = Progress {
             user: p.user,
             served: p.served,
