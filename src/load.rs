@@ -158,7 +158,9 @@ pub fn detect(path: &Path) -> Result<Format, LoadError> {
         ));
     }
     let file = File::open(path).map_err(|e| LoadError::io(path, &e))?;
-    let mut head = [0u8; 8];
+    // Enough to tell binary data from text: random bytes hold a control
+    // byte within a few dozen, where the first 8 often held none.
+    let mut head = [0u8; 4096];
     let mut got = 0;
     let mut reader = &file;
     while got < head.len() {
@@ -187,7 +189,10 @@ pub fn detect(path: &Path) -> Result<Format, LoadError> {
             ));
         }
     }
-    if head.contains(&0) {
+    // Text (TSV) holds no control byte but tab, line feed and carriage
+    // return, in ASCII as in UTF-8.
+    let control = |b: &u8| matches!(b, 0..=8 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f);
+    if head.iter().any(control) {
         return Err(LoadError::whole(
             path,
             "holds binary data that is none of the feed formats (TSV, Parquet, shardfeed \

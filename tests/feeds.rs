@@ -42,6 +42,14 @@ fn bad_inputs_fail_with_file_and_place() {
     let binary = dir.0.join("bin");
     std::fs::write(&binary, b"\x7fELF\x02\x01\x01\x00").unwrap();
     common::fails_with(serve(&["--feed", path_str(&binary)]), &["binary data"]);
+    // Random bytes whose first 8 hold no NUL were read as TSV ("no tab on
+    // this line"): a pseudo-random kilobyte without any NUL at all.
+    let noise: Vec<u8> = (1..=1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1)
+        .collect();
+    let random = dir.0.join("random.bin");
+    std::fs::write(&random, &noise).unwrap();
+    common::fails_with(serve(&["--feed", path_str(&random)]), &["binary data"]);
     common::fails_with(
         serve(&["--feed", path_str(&dir.0)]),
         &["is a directory", "regular file"],
