@@ -155,6 +155,21 @@ fn metric_sum(addr: SocketAddr, family: &str) -> u64 {
         .sum()
 }
 
+/// The generated front of `cluster` (`nginx-conf`) on port `port`, running.
+fn front_of(bin: &Path, dir: &TempDir, cluster: &Path, port: u16) -> (Nginx, SocketAddr) {
+    let conf = run(&[
+        "nginx-conf",
+        "--cluster",
+        path_str(cluster),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert!(conf.status.success(), "{conf:?}");
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http = String::from_utf8(conf.stdout).unwrap();
+    (Nginx::start(bin, dir, &http, front), front)
+}
+
 fn start_instance(cluster: &Path, name: &str, feeds: &Path, pool: &Path, state: &Path) -> Spawned {
     let mut s = Spawned::serve(&[
         "--cluster",
@@ -242,16 +257,7 @@ fn two_instances_behind_the_generated_nginx() {
     let mut b = start_instance(&file, "b", &feeds, &pool, &states[1]);
     let direct: [SocketAddr; 2] = [pa, pb].map(|p| format!("127.0.0.1:{p}").parse().unwrap());
 
-    let conf = run(&[
-        "nginx-conf",
-        "--cluster",
-        path_str(&file),
-        "--listen",
-        &format!("127.0.0.1:{pf}"),
-    ]);
-    assert!(conf.status.success(), "{conf:?}");
-    let front: SocketAddr = format!("127.0.0.1:{pf}").parse().unwrap();
-    let nginx = Nginx::start(&bin, &dir, &String::from_utf8(conf.stdout).unwrap(), front);
+    let (nginx, front) = front_of(&bin, &dir, &file, pf);
 
     // Each user is personalized on exactly one instance: its owner.
     let users: [u64; 2] = direct.map(|d| metric_sum(d, "shardfeed_feed_users"));
@@ -382,16 +388,7 @@ fn a_loading_instance_is_covered_by_the_front() {
     };
     let mut a = serve("a");
     a.listening();
-    let conf = run(&[
-        "nginx-conf",
-        "--cluster",
-        path_str(&file),
-        "--listen",
-        &format!("127.0.0.1:{pf}"),
-    ]);
-    assert!(conf.status.success(), "{conf:?}");
-    let front: SocketAddr = format!("127.0.0.1:{pf}").parse().unwrap();
-    let nginx = Nginx::start(&bin, &dir, &String::from_utf8(conf.stdout).unwrap(), front);
+    let (nginx, front) = front_of(&bin, &dir, &file, pf);
     let user_of_b = (1..).find(|&u| cluster.owner(u).instance == 1).unwrap();
     let b_direct: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
 
@@ -400,13 +397,15 @@ fn a_loading_instance_is_covered_by_the_front() {
     let loading = || get_from(b_direct, "/healthz").status == 503;
     let mut covered = 0;
     while loading() {
+        // Never the 503: a degraded page while b loads, b's own once ready
+        // (it may finish between the two requests).
         let r = get_from(front, &format!("/feed/{user_of_b}?size=3"));
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.header("Shardfeed-Degraded"), Some("not-owner"), "{r:?}");
+        let degraded = r.header("Shardfeed-Degraded") == Some("not-owner");
         let health = get_from(front, "/healthz");
         assert_eq!(health.status, 200, "{health:?}");
-        // Only counted if b was still loading after the page was answered.
-        covered += loading() as u32;
+        // Counted if b was still loading after the page was answered.
+        covered += (degraded && loading()) as u32;
     }
     assert!(
         covered > 0,

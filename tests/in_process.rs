@@ -22,11 +22,21 @@ fn get(addr: std::net::SocketAddr, target: &str) -> String {
     answer
 }
 
+/// `shardfeed serve FLAGS` started in this process.
+fn start(flags: &[&str]) -> server::Running {
+    let cli = Cli::parse_from(["shardfeed", "serve"].iter().chain(flags));
+    let Command::Serve(args) = cli.command else {
+        unreachable!()
+    };
+    let config = args.config().unwrap();
+    let listeners =
+        server::bind(config.listen, config.cpus.len(), "choose another --listen").unwrap();
+    server::start(&config, listeners).unwrap()
+}
+
 #[test]
 fn start_serve_stop_and_report() {
-    let cli = Cli::parse_from([
-        "shardfeed",
-        "serve",
+    let running = start(&[
         "--listen",
         "127.0.0.1:0",
         "--shards",
@@ -38,13 +48,6 @@ fn start_serve_stop_and_report() {
         "--items",
         "50",
     ]);
-    let Command::Serve(args) = cli.command else {
-        unreachable!()
-    };
-    let config = args.config().unwrap();
-    let listeners =
-        server::bind(config.listen, config.cpus.len(), "choose another --listen").unwrap();
-    let running = server::start(&config, listeners).unwrap();
     let addr = running.addr;
     assert_ne!(addr.port(), 0);
     let stop = running.stop_handle();
@@ -77,9 +80,7 @@ fn start_serve_stop_and_report() {
 fn a_page_after_the_journal_closed_is_refused() {
     let state = std::env::temp_dir().join(format!("sf-inproc-closed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let cli = Cli::parse_from([
-        "shardfeed",
-        "serve",
+    let running = start(&[
         "--listen",
         "127.0.0.1:0",
         "--shards",
@@ -96,13 +97,6 @@ fn a_page_after_the_journal_closed_is_refused() {
         "--shutdown-timeout",
         "1s",
     ]);
-    let Command::Serve(args) = cli.command else {
-        unreachable!()
-    };
-    let config = args.config().unwrap();
-    let listeners =
-        server::bind(config.listen, config.cpus.len(), "choose another --listen").unwrap();
-    let running = server::start(&config, listeners).unwrap();
     let addr = running.addr;
     let stop = running.stop_handle();
     let waiter = std::thread::spawn(move || running.wait());
