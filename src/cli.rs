@@ -170,6 +170,7 @@ impl RelayoutArgs {
             sources,
             out: self.out_dir.clone(),
             only,
+            partial: self.partial,
         })
     }
 

@@ -188,9 +188,16 @@ impl ClusterSeat {
         }
     }
 
-    /// Writes this instance's marker into its state directory `dir`
-    /// (whole: a temporary file, synced, renamed, the directory synced).
+    /// Writes this instance's marker into its state directory `dir`.
     pub fn write_marker(&self, dir: &Path) -> std::io::Result<()> {
+        self.marker().write(dir)
+    }
+}
+
+impl Marker {
+    /// Writes the marker into `dir` (whole: a temporary file, synced,
+    /// renamed, the directory synced).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
@@ -202,7 +209,7 @@ impl ClusterSeat {
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
-        f.write_all(self.marker().encode().as_bytes())?;
+        f.write_all(self.encode().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(MARKER_FILE))?;
         std::fs::File::open(dir)?.sync_all()

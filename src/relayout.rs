@@ -47,6 +47,10 @@ pub struct Plan {
     pub out: PathBuf,
     /// The new instances to write (indexes); empty: all of them.
     pub only: Vec<usize>,
+    /// `--partial`: one old host's pieces. With one `--from`, each piece is
+    /// marked as that old instance's (an `INSTANCE` file), so that the
+    /// gathering run sees a missing piece as it sees a missing directory.
+    pub partial: bool,
 }
 
 /// One `--from` directory as read.
@@ -241,6 +245,17 @@ fn relayout_into(plan: &Plan) -> Result<Report, String> {
         let mut want: Vec<Progress> = parts.iter().flatten().copied().collect();
         want.sort_unstable_by_key(|p| p.user);
         verify(&dir, &want).map_err(incomplete)?;
+        if let (true, [source], Some(old)) = (plan.partial, &plan.sources[..], &plan.old) {
+            if let Some(from) = source.old_instance {
+                let marker = Marker {
+                    instance: old.instances[from].name.clone(),
+                    cluster: old.instances.iter().map(|i| i.name.clone()).collect(),
+                };
+                marker
+                    .write(&dir)
+                    .map_err(|e| incomplete(format!("cannot write {}: {e}", dir.display())))?;
+            }
+        }
         written.push(Written {
             name: inst.name.clone(),
             dir,
@@ -493,6 +508,7 @@ mod tests {
                 sources: sources.to_vec(),
                 out: out.clone(),
                 only: only.clone(),
+                partial: false,
             };
             let report = relayout(&plan).unwrap();
             assert_eq!(report.read[0].users, 2);

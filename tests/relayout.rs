@@ -296,6 +296,24 @@ fn relayout_keeps_every_users_progress_across_layouts() {
         assert_eq!(progress_in(&state), progress_in(direct), "{}", inst.name);
         gathered.push(state);
     }
+    // A piece left out of a gather is seen: each piece is marked as its
+    // old instance's, as an instance's directory is.
+    let inst = &c3.instances[0];
+    let short = dir.0.join("gather-short");
+    let mut args = vec!["--cluster", new_file, "--instance", &inst.name];
+    args.extend(["--out-dir", path_str(&short)]);
+    let pieces: Vec<PathBuf> = c2.instances[1..]
+        .iter()
+        .map(|o| dir.0.join("scatter").join(&o.name).join(&inst.name))
+        .collect();
+    for p in &pieces {
+        args.extend(["--from", path_str(p)]);
+    }
+    let (ok, _, stderr) = relayout(&args);
+    assert!(!ok, "{stderr}");
+    let left_out = format!("also had {}", c2.instances[0].name);
+    assert!(stderr.contains(&left_out), "{stderr}");
+    assert!(!short.exists(), "nothing written");
     let s = start_all(&dir, &file3, &c3, &gathered);
     serve_pages(&c3, &mut served, |_| None);
     stop_all(s);
