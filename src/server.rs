@@ -301,6 +301,7 @@ fn launch(
     }
     let recovery = state::recover(config.state.as_ref())?;
     let ownership = shard::Ownership::new(shards, config.cluster.clone());
+    state::refuse_foreign_users(config.state.as_ref(), recovery.as_ref(), &ownership)?;
     // A user of another instance belongs to no shard here.
     let mut stores = load::load_stores(&config.feeds, &config.cpus, config.pin, &ownership)?;
     let state = state::restore(config.state.as_ref(), recovery, &mut stores, &ownership)?;

@@ -41,14 +41,38 @@ pub(super) fn recover(state: Option<&StateConfig>) -> Result<Option<Recovery>, S
     Ok(Some(recovery))
 }
 
-/// Gives every store its users' recovered progress (each user goes to its
-/// owner under this run's `ownership`: shard count and cluster layout), in
-/// parallel, and plans the journals.
-///
 /// Refuses a directory that holds users another instance owns under this
 /// cluster file: the start's first checkpoint would cover only this
 /// instance's users and so erase theirs, before `relayout` could move
-/// them (a changed or wrong cluster file).
+/// them (a changed or wrong cluster file). Called before the feed loads,
+/// so that the refusal comes in seconds, not after a long load.
+pub(super) fn refuse_foreign_users(
+    state: Option<&StateConfig>,
+    recovery: Option<&Recovery>,
+    ownership: &Ownership,
+) -> Result<(), String> {
+    let (Some(state), Some(recovery)) = (state, recovery) else {
+        return Ok(());
+    };
+    let mut foreign = recovery
+        .users
+        .iter()
+        .filter(|p| ownership.shard_of(p.user).is_none());
+    match foreign.next() {
+        None => Ok(()),
+        Some(first) => Err(foreign_users(
+            state,
+            ownership,
+            first.user,
+            1 + foreign.count(),
+        )),
+    }
+}
+
+/// Gives every store its users' recovered progress (each user goes to its
+/// owner under this run's `ownership`: shard count and cluster layout), in
+/// parallel, and plans the journals. [`refuse_foreign_users`] has run: a
+/// user of another instance is refused here too, should one remain.
 pub(super) fn restore(
     state: Option<&StateConfig>,
     recovery: Option<Recovery>,
