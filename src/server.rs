@@ -234,10 +234,19 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let handle = running.stop_handle();
     let reload = running.reload_handle();
     std::thread::spawn(move || {
+        let mut stopping = false;
         for message in rx {
             match message {
+                // A new version would only be loaded to be dropped (and
+                // would hold twice the feed's memory during the drain).
+                Supervise::Signal(libc::SIGHUP) if stopping => {
+                    crate::log_line!("SIGHUP while stopping: ignored");
+                }
                 Supervise::Signal(libc::SIGHUP) => reload.reload(),
-                Supervise::Signal(sig) => handle.stop(&format!("signal {sig}")),
+                Supervise::Signal(sig) => {
+                    stopping = true;
+                    handle.stop(&format!("signal {sig}"));
+                }
                 Supervise::Started(_) => {}
             }
         }

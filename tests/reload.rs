@@ -543,3 +543,31 @@ fn a_relative_state_dir_works() {
     assert_eq!(get_from(addr, "/feed/1?size=1").items(), [1002]);
     s.stop(LIMIT);
 }
+
+/// A SIGHUP during a stop (here the `--drain` wait) loads nothing: the new
+/// version would be dropped at once, after holding twice the memory.
+#[test]
+fn a_sighup_while_stopping_is_ignored() {
+    let v1 = [(1, vec![11, 12, 13])];
+    let mut f = Fixture::start(
+        "reload-stopping",
+        &tsv(&v1),
+        &lines([90]),
+        &["--drain", "2s"],
+    );
+    assert_eq!(f.page(1, 1), [11]);
+    replace(&f.feed, &tsv(&[(1, vec![31, 32])]));
+    f.server.signal(libc::SIGTERM);
+    f.server.wait_stderr("draining for 2s", LIMIT);
+    f.server.signal(libc::SIGHUP);
+    let log = f
+        .server
+        .wait_stderr("SIGHUP while stopping: ignored", LIMIT);
+    let (status, _, _) = f.server.wait_exit(LIMIT);
+    assert!(status.success(), "{log}");
+    let log = f.server.stderr();
+    assert!(
+        !log.contains("reload: version") && !log.contains("reload failed"),
+        "{log}"
+    );
+}
